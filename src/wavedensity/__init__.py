@@ -1,0 +1,13 @@
+"""Wave-Density Attention language models: layer, HF causal LM, release compatibility."""
+
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .layers import WaveDensityAttention, WDACache
+from .models import PRESETS, WaveCharLM, WDAConfig, WDAForCausalLM, WDAModel, load_release, preset_config
+
+AutoConfig.register(WDAConfig.model_type, WDAConfig, exist_ok=True)
+AutoModelForCausalLM.register(WDAConfig, WDAForCausalLM, exist_ok=True)
+
+__version__ = "0.1.0"
+__all__ = ["PRESETS", "WDACache", "WDAConfig", "WDAForCausalLM", "WDAModel", "WaveCharLM", "WaveDensityAttention",
+           "load_release", "preset_config"]

@@ -1,0 +1,16 @@
+"""Modules: the WDA mixer, the softmax baseline mixer, the shared block and the decoding cache."""
+
+from .block import WDABlock
+from .cache import WDACache, WDALayerState
+from .softmax_attention import SoftmaxAttention
+from .wave_attention import NonCausalRoutingWarning, WaveDensityAttention, fixed_content_matrices
+
+__all__ = [
+    "NonCausalRoutingWarning",
+    "SoftmaxAttention",
+    "WDABlock",
+    "WDACache",
+    "WDALayerState",
+    "WaveDensityAttention",
+    "fixed_content_matrices",
+]

@@ -1,0 +1,84 @@
+"""Incremental decoding state for WDA models, as a ``transformers`` ``Cache``.
+
+Each layer keeps what the next token needs and nothing it can recompute:
+
+- ``summary_sum [B, D]``: running sum of the layer input (``prefix`` routing reads its mean);
+- ``u [B, H, P, 1 + Dh]``: the modulated values ``[km, km * v]`` of every earlier position, which
+  the next position's kernel is applied to (the context is at most ``seq_len`` tokens);
+- ``content_kv [B, H, R, Dh]``, ``content_k_sum [B, H, R]``: the content path's linear-attention state;
+- ``keys``, ``values`` (softmax baseline only);
+- ``pooled_inputs [B, P, D]`` (layer 0 of a ``pooled`` model only): ``pooled`` routing is not
+  causal, every new token changes all earlier hidden states, so the model re-runs the window from
+  the stored embeddings; the cache only saves re-embedding.
+"""
+
+import torch
+from transformers.cache_utils import Cache
+
+
+class WDALayerState:
+    """One layer's decoding state: named batch-first tensors plus the number of positions seen."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+    supports_early_init = False
+
+    def __init__(self):
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.length = 0
+
+    @property
+    def is_initialized(self) -> bool:
+        return self.length > 0
+
+    def get(self, name: str) -> torch.Tensor | None:
+        return self.tensors.get(name)
+
+    def set(self, **tensors: torch.Tensor) -> None:
+        self.tensors.update(tensors)
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def reset(self) -> None:
+        self.tensors.clear()
+        self.length = 0
+
+    def _map(self, fn) -> None:
+        self.tensors = {name: fn(t) for name, t in self.tensors.items()}
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._map(lambda t: t[indices, ...])
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove:
+            raise NotImplementedError("a WDA cache holds running sums and cannot be cropped")
+
+    def offload(self) -> None:
+        self._map(lambda t: t.to("cpu", non_blocking=True))
+
+    def prefetch(self) -> None:
+        pass
+
+
+class WDACache(Cache):
+    """Decoding cache of a ``WDAForCausalLM``: one ``WDALayerState`` per decoder layer."""
+
+    def __init__(self, num_layers: int):
+        super().__init__(layers=[WDALayerState() for _ in range(num_layers)])
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.layers[layer_idx].get_seq_length() if layer_idx < len(self.layers) else 0

@@ -1,0 +1,227 @@
+"""``WaveDensityAttention``: the WDA token mixer of DESIGN §1, with every knob of the release.
+
+All heads are computed together: per-head MLPs and wave parameters are stored stacked over heads
+(``[H, ...]``) and applied with batched einsums; masks are rendered once per forward.
+"""
+
+import functools
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import (
+    causal_conv_dense,
+    causal_conv_fft,
+    causal_linear_attention,
+    compute_dtype,
+    density,
+    feature_map,
+    gate_weights,
+    gaussian_window,
+    per_position_from_weights,
+    relative_encoding,
+    scale_weights,
+    wave_masks,
+)
+from .cache import WDALayerState
+
+# Below these lengths the dense paths beat FFT / tiling on the machines we measured (see docs/benchmarks.md).
+DENSE_CONV_MAX_LEN = 256
+DENSE_PER_POSITION_MAX_LEN = 512
+
+
+class NonCausalRoutingWarning(UserWarning):
+    """Raised once when a model routes on the pooled (whole-sequence) summary, which reads the future."""
+
+
+def fixed_content_matrices(embed_dim: int, seq_len: int, num_heads: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The release's fixed content-path matrices ``[H, Dh, R]`` (q then k), from its seeded CPU generator."""
+    head_dim = embed_dim // num_heads
+    generator = torch.Generator(device="cpu").manual_seed(1337 + 31 * embed_dim + 17 * seq_len + 13 * num_heads + 7 * rank)
+    q = torch.randn(num_heads, head_dim, rank, generator=generator) / math.sqrt(head_dim)
+    k = torch.randn(num_heads, head_dim, rank, generator=generator) / math.sqrt(head_dim)
+    return q, k
+
+
+class WaveDensityAttention(nn.Module):
+    """Wave-Density Attention over ``x [B, S, D]``; returns the mixed values ``[B, S, D]``.
+
+    Routing (``config.routing``): ``prefix`` routes position t on the mean of ``x[0..t]`` (causal,
+    one kernel per position); ``pooled`` on the mean of the whole sequence (the release; it reads
+    the future); ``static`` on a learned summary vector (content-free; one kernel per head, FFT).
+    The residual, norms and FFN live in the surrounding block (``config.use_ffn``).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        d, h = config.embed_dim, config.num_heads
+        m, w, g, r = config.num_masks, config.num_waves_per_mask, config.gate_hidden, config.scale_rank
+        self.embed_dim, self.num_heads, self.head_dim = d, h, d // h
+        self.num_masks, self.seq_len = m, config.seq_len
+        self.routing, self.gate, self.topk = config.routing, config.gate, config.topk_masks
+        self.gate_temp = float(config.gate_temp)  # a plain attribute: schedules may change it between steps
+        self.attn_alpha = float(config.attn_alpha)
+        self.use_sin_waves = config.use_sin_waves
+        self.toeplitz_path, self.tiled_block = config.toeplitz_path, config.tiled_block
+        self.sampling = dict(
+            sampling=config.use_sampling,
+            num_samples=config.num_samples,
+            noise_sigma=float(config.noise_sigma),
+            step_alpha=float(config.step_alpha),
+        )
+        self.content_mix, self.content_rank = float(config.content_mix), config.content_rank
+        self.learned_content = config.learned_content
+
+        self.v_proj = nn.Linear(d, d)
+        self.out_proj = nn.Linear(d, d)
+        self.q_mod = nn.Linear(d, h)
+        self.k_mod = nn.Linear(d, h)
+        # Per-head gate MLP D -> G -> M and mask-scaling MLP D -> G -> R, first layers fused over heads.
+        self.gate_in = nn.Linear(d, h * g)
+        self.gate_out_weight = nn.Parameter(torch.empty(h, m, g))
+        self.gate_out_bias = nn.Parameter(torch.empty(h, m))
+        self.scale_in = nn.Linear(d, h * g)
+        self.scale_out_weight = nn.Parameter(torch.empty(h, r, g))
+        self.scale_out_bias = nn.Parameter(torch.empty(h, r))
+        self.mod_basis = nn.Parameter(torch.empty(h, r, m))
+        self.freqs = nn.Parameter(torch.empty(h, m, w, 2))
+        self.amps = nn.Parameter(torch.empty(h, m, w))
+        self.phases = nn.Parameter(torch.empty(h, m, w))
+        if self.routing == "static":
+            self.static_summary = nn.Parameter(torch.empty(d))
+        if self.learned_content and self.content_rank > 0:
+            self.content_q_proj = nn.Linear(d, h * self.content_rank, bias=False)
+            self.content_k_proj = nn.Linear(d, h * self.content_rank, bias=False)
+        self._fixed_content: tuple[torch.Tensor, torch.Tensor] | None = None
+        if self.routing == "pooled":
+            warnings.warn(
+                "routing='pooled' is the release's semantics: every position routes on the mean of the whole "
+                "sequence, so outputs depend on future tokens. Use it to reproduce released checkpoints; report "
+                "its per-prefix (generation) loss, not the teacher-forced one.",
+                NonCausalRoutingWarning,
+                stacklevel=2,
+            )
+
+    def reset_wave_parameters(self) -> None:
+        """The release's initialisation of the wave and routing-basis parameters (DESIGN §1)."""
+        with torch.no_grad():
+            self.freqs.normal_(0.0, 1.5)
+            self.amps.normal_(0.0, 0.02).add_(0.5)
+            self.phases.normal_(0.0, math.pi)
+            self.mod_basis.normal_(0.0, 0.05)
+
+    # ---- pieces, public so pictures and tests can look inside -------------------------------
+
+    def masks(self, num_distances: int, dtype: torch.dtype, device) -> torch.Tensor:
+        """Wave masks ``[H, M, N]`` at causal distances ``0 .. N-1`` (encoding built in float32 like the release)."""
+        encoding = relative_encoding(self.seq_len, device=device)[self.seq_len - 1 : self.seq_len - 1 + num_distances]
+        return wave_masks(
+            self.freqs.to(dtype), self.amps.to(dtype), self.phases.to(dtype), encoding.to(dtype), self.use_sin_waves
+        )
+
+    def routing_summary(self, x: torch.Tensor, state: WDALayerState | None = None) -> torch.Tensor:
+        """The context summary each position routes on: ``[B, S, D]`` (prefix) or ``[B|1, 1, D]``."""
+        if self.routing == "static":
+            return self.static_summary.view(1, 1, -1).to(x.dtype)
+        if self.routing == "pooled":
+            return x.mean(dim=1, keepdim=True)
+        offset = state.length if state is not None else 0
+        running = torch.cumsum(x.to(compute_dtype(x.dtype)), dim=1)
+        if state is not None and state.get("summary_sum") is not None:
+            running = running + state.get("summary_sum").unsqueeze(1)
+        counts = torch.arange(offset + 1, offset + x.shape[1] + 1, device=x.device, dtype=running.dtype)
+        if state is not None:
+            state.set(summary_sum=running[:, -1])
+        return (running / counts[:, None]).to(x.dtype)
+
+    def mask_weights(self, summary: torch.Tensor) -> torch.Tensor:
+        """Mixture-of-Masks weights ``[B, H, T, M]`` from summaries ``[B, T, D]`` (gate, top-k, scaling)."""
+        b, t, _ = summary.shape
+        hidden = F.relu(self.gate_in(summary)).view(b, t, self.num_heads, -1)
+        logits = torch.einsum("bthg,hmg->bthm", hidden, self.gate_out_weight) + self.gate_out_bias
+        weights = gate_weights(logits, self.gate_temp, self.topk, self.gate)
+        hidden = F.relu(self.scale_in(summary)).view(b, t, self.num_heads, -1)
+        coeffs = torch.einsum("bthg,hrg->bthr", hidden, self.scale_out_weight) + self.scale_out_bias
+        return scale_weights(weights, coeffs, self.mod_basis).transpose(1, 2)
+
+    def density_fn(self, dtype: torch.dtype, device):
+        window = gaussian_window(self.seq_len, device=device).to(dtype)
+        return functools.partial(
+            density, window=window, attn_alpha=self.attn_alpha, stochastic=self.training, **self.sampling
+        )
+
+    def pick_path(self, seq: int, per_sequence: bool) -> str:
+        path = self.toeplitz_path
+        if path == "auto":
+            if per_sequence:
+                return "dense" if seq <= DENSE_CONV_MAX_LEN else "fft"
+            return "dense" if seq <= DENSE_PER_POSITION_MAX_LEN else "tiled"
+        if path == "fft" and not per_sequence:
+            raise ValueError("toeplitz_path='fft' needs one kernel per sequence (routing 'pooled' or 'static' without a cache)")
+        return path
+
+    def apply_kernels(self, weights: torch.Tensor, u: torch.Tensor, offset: int) -> torch.Tensor:
+        """``o_t = sum_d Dn_t(d) u_{t-d}`` for the ``T`` new rows; u holds all ``offset + T`` positions."""
+        dtype, device = u.dtype, u.device
+        rows = u.shape[-2] - offset
+        masks = self.masks(u.shape[-2], dtype, device)
+        to_density = self.density_fn(dtype, device)
+        per_sequence = self.routing != "prefix" and offset == 0
+        path = self.pick_path(rows, per_sequence)
+        if per_sequence and path in ("fft", "dense"):
+            kernel = to_density((weights.to(dtype) @ masks).squeeze(-2))  # [B|1, H, S]
+            return causal_conv_fft(kernel, u) if path == "fft" else causal_conv_dense(kernel, u)
+        weights = weights.expand(-1, -1, rows, -1)
+        block = self.tiled_block if path == "tiled" else None
+        return per_position_from_weights(weights, masks, u, to_density, offset=offset, block=block)
+
+    def content_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rank-R query/key features ``[B, H, S, R]`` of the content path, before ``phi``."""
+        b, s, _ = x.shape
+        if self.learned_content:
+            split = lambda y: y.view(b, s, self.num_heads, self.content_rank).transpose(1, 2)  # noqa: E731
+            return split(self.content_q_proj(x)), split(self.content_k_proj(x))
+        if self._fixed_content is None or self._fixed_content[0].device != x.device:
+            matrices = fixed_content_matrices(self.embed_dim, self.seq_len, self.num_heads, self.content_rank)
+            self._fixed_content = tuple(m.to(x.device) for m in matrices)
+        x_heads = x.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+        q_fixed, k_fixed = (m.to(x.dtype) for m in self._fixed_content)
+        return x_heads @ q_fixed, x_heads @ k_fixed
+
+    # ---- forward ---------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, state: WDALayerState | None = None) -> torch.Tensor:
+        if state is not None and self.routing == "pooled":
+            raise ValueError("pooled routing has no incremental state; WDAModel re-runs the window instead")
+        b, s, _ = x.shape
+        offset = state.length if state is not None else 0
+        dtype = compute_dtype(x.dtype)
+
+        v = self.v_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, S, Dh]
+        q_gate = torch.sigmoid(self.q_mod(x)).transpose(1, 2).unsqueeze(-1)  # [B, H, S, 1]
+        k_gate = torch.sigmoid(self.k_mod(x)).transpose(1, 2).unsqueeze(-1)
+        u = torch.cat([k_gate, k_gate * v], dim=-1).to(dtype)  # [B, H, S, 1 + Dh]
+        if state is not None and state.get("u") is not None:
+            u = torch.cat([state.get("u"), u], dim=-2)
+
+        weights = self.mask_weights(self.routing_summary(x, state))
+        o = self.apply_kernels(weights, u, offset)
+        ctx = o[..., 1:] / (o[..., :1] + 1e-8)
+
+        if self.content_mix > 0:
+            q_feat, k_feat = self.content_features(x)
+            previous = None if state is None or state.get("content_kv") is None else (
+                state.get("content_kv"), state.get("content_k_sum"))
+            content, (kv, k_sum) = causal_linear_attention(feature_map(q_feat), feature_map(k_feat), v, previous)
+            ctx = (1 - self.content_mix) * ctx + self.content_mix * content
+            if state is not None:
+                state.set(content_kv=kv, content_k_sum=k_sum)
+
+        if state is not None:
+            state.set(u=u)
+            state.length += s
+        out = q_gate * ctx.to(x.dtype) + (1 - q_gate) * v
+        return self.out_proj(out.transpose(1, 2).reshape(b, s, self.embed_dim))

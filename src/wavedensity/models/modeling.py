@@ -1,0 +1,183 @@
+"""``WDAForCausalLM``: the WaveCharLM skeleton (DESIGN §2) as a Hugging Face causal LM."""
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from ..layers import WDABlock, WDACache, WaveDensityAttention
+from .configuration import WDAConfig
+
+
+class WDAPreTrainedModel(PreTrainedModel):
+    config: WDAConfig
+    config_class = WDAConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["WDABlock"]
+    # WDA state is running sums and cannot be rolled back: no assisted decoding, no cache cropping.
+    _is_stateful = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, WaveDensityAttention):
+            init.normal_(module.freqs, 0.0, 1.5)
+            init.normal_(module.amps, 0.5, 0.02)
+            init.normal_(module.phases, 0.0, torch.pi)
+            init.normal_(module.mod_basis, 0.0, 0.05)
+            for weight in (module.gate_out_weight, module.scale_out_weight):
+                init.normal_(weight, 0.0, std)
+            for bias in (module.gate_out_bias, module.scale_out_bias):
+                init.zeros_(bias)
+            if hasattr(module, "static_summary"):
+                init.zeros_(module.static_summary)
+        elif isinstance(module, WDAModel):
+            init.normal_(module.pos_emb, 0.0, std)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # forward() creates the WDACache itself
+
+
+class WDAModel(WDAPreTrainedModel):
+    """Embeddings (token + learned absolute position), post-norm blocks, final LayerNorm."""
+
+    def __init__(self, config: WDAConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.embed_dim)
+        self.pos_emb = nn.Parameter(torch.zeros(1, config.seq_len, config.embed_dim))
+        self.layers = nn.ModuleList([WDABlock(config) for _ in range(config.num_layers)])
+        self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def _check_inputs(self, attention_mask, offset: int, length: int) -> None:
+        limit = self.config.seq_len
+        if offset + length > limit:
+            what = f"{length} tokens" if offset == 0 else f"{offset} cached + {length} new tokens"
+            raise ValueError(
+                f"input of {what} exceeds the model's context of seq_len={limit} positions "
+                f"(learned absolute positions and wave masks are defined up to {limit}); shorten the prompt "
+                f"or generate at most {limit} tokens in total"
+            )
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError(
+                "attention_mask with padding is not supported: WDA uses absolute positions and routes on the "
+                "mean of the prefix, so pad tokens would change the output; batch prompts of equal length"
+            )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: WDACache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if use_cache and cache is None:
+            cache = WDACache(self.config.num_layers)
+        if cache is not None and not isinstance(cache, WDACache):
+            raise TypeError(f"a WDA model needs a WDACache, got {type(cache).__name__}")
+        offset = cache.get_seq_length() if cache is not None else 0
+        length = inputs_embeds.shape[1]
+        self._check_inputs(attention_mask, offset, length)
+        if position_ids is None:
+            positions = self.pos_emb[:, offset : offset + length]
+        else:
+            if int(position_ids.max()) >= self.config.seq_len or int(position_ids.min()) < 0:
+                raise ValueError(f"position_ids must lie in [0, {self.config.seq_len})")
+            positions = self.pos_emb[0, position_ids]
+        hidden = inputs_embeds + positions
+
+        pooled_replay = cache is not None and self.config.mixer == "wda" and self.config.routing == "pooled"
+        if pooled_replay:
+            # Pooled routing is not causal: every new token changes all earlier hidden states, so there
+            # is nothing to carry but the embeddings. Re-run the whole window (what the release does).
+            state = cache.layers[0]
+            previous = state.get("pooled_inputs")
+            hidden = hidden if previous is None else torch.cat([previous, hidden], dim=1)
+            state.set(pooled_inputs=hidden)
+            state.length += length
+        all_hidden = []
+        for index, layer in enumerate(self.layers):
+            all_hidden.append(hidden)
+            layer_state = cache.layers[index] if cache is not None and not pooled_replay else None
+            hidden = layer(hidden, layer_state)
+        hidden = self.norm(hidden)
+        all_hidden.append(hidden)
+        if pooled_replay:
+            hidden = hidden[:, -length:]
+            all_hidden = [h[:, -length:] for h in all_hidden]
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden,
+            cache=cache if use_cache else None,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+        )
+
+
+class WDAForCausalLM(WDAPreTrainedModel, GenerationMixin):
+    """Wave-Density Attention language model (or, with ``mixer="softmax"``, its softmax baseline)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: WDAConfig):
+        super().__init__(config)
+        self.model = WDAModel(config)
+        self.lm_head = nn.Linear(config.embed_dim, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: WDACache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int = 0,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        result = CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+        )
+        return result if return_dict is not False else result.to_tuple()
+
+    @classmethod
+    def from_release(cls, directory, **overrides) -> "WDAForCausalLM":
+        """Load a released WaveCharLM directory (``config.json`` + ``model.safetensors``).
+
+        Returns the model with ``routing="pooled", gate="release"``, which reproduces the release's
+        logits; pass e.g. ``routing="prefix"`` to run the same weights causally.
+        """
+        from .release import load_release
+
+        return load_release(directory, **overrides)

@@ -1,0 +1,27 @@
+"""Named model configurations."""
+
+from .configuration import WDAConfig
+
+# The exact released 130M configuration (DESIGN §2): 131,508,032 parameters. New models use the
+# project's causal defaults (routing="prefix", gate="topk"); from_release() uses the release's.
+WDA_130M = dict(
+    vocab_size=50257, seq_len=256, embed_dim=768, num_layers=8, num_heads=4, num_masks=16,
+    num_waves_per_mask=8, topk_masks=8, attn_alpha=3.0, content_rank=8, content_mix=0.15,
+    learned_content=True, use_sin_waves=True, ffn_mult=4, tie_embeddings=False,
+)  # fmt: skip
+
+PRESETS: dict[str, dict] = {
+    "wda-130m": WDA_130M,
+    # CPU presets: character- or small-BPE-vocabulary models that train in minutes on 2 cores.
+    "cpu-tiny": dict(WDA_130M, vocab_size=256, seq_len=64, embed_dim=64, num_layers=2, num_heads=2,
+                     num_masks=8, num_waves_per_mask=4, topk_masks=4, content_rank=4, gate_hidden=32),
+    "cpu-small": dict(WDA_130M, vocab_size=256, seq_len=128, embed_dim=192, num_layers=4, num_heads=4,
+                      num_masks=16, num_waves_per_mask=8, topk_masks=8, content_rank=8, gate_hidden=64),
+}  # fmt: skip
+
+
+def preset_config(name: str, **overrides) -> WDAConfig:
+    """``WDAConfig`` of a named preset, with keyword overrides (e.g. ``vocab_size``, ``mixer="softmax"``)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
+    return WDAConfig(**{**PRESETS[name], **overrides})

@@ -1,0 +1,128 @@
+"""Causal Toeplitz application ``o_t = sum_{d=0..t} Dn(d) u_{t-d}`` (DESIGN §1 step 6).
+
+Two families, each with a plain float64 loop reference used by the tests:
+
+- one kernel per sequence (``pooled`` / ``static`` routing): a causal convolution, computed by FFT
+  (size >= 2S: a size-S FFT is circular and leaks the future) or by a dense lower-triangular
+  Toeplitz product;
+- one kernel per position (``prefix`` routing): ``Dn_t(d)`` depends on ``t``, so there is no
+  convolution; the exact path builds the per-position weight rows ``A[t, s] = Dn_t(t - s)`` and
+  multiplies, either all rows at once (dense) or in row tiles of bounded memory (tiled).
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from .waves import compute_dtype
+
+
+def fft_size(n: int) -> int:
+    """Smallest even 5-smooth integer >= 2n: pocketFFT/cuFFT are fast there, and >= 2n keeps it linear."""
+    size = max(2, 2 * n)
+    while True:
+        m = size
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1 and size % 2 == 0:
+            return size
+        size += 1
+
+
+def causal_conv_fft(kernel: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Causal convolution by FFT. kernel ``[..., >=S]`` broadcastable against u ``[..., S, C]``."""
+    seq = u.shape[-2]
+    n = fft_size(seq)
+    dtype = compute_dtype(u.dtype)
+    kernel_f = torch.fft.rfft(kernel[..., :seq].to(dtype), n=n, dim=-1)
+    u_f = torch.fft.rfft(u.to(dtype), n=n, dim=-2)
+    return torch.fft.irfft(kernel_f.unsqueeze(-1) * u_f, n=n, dim=-2)[..., :seq, :]
+
+
+def _distance_index(rows: int, cols: int, offset: int, device) -> torch.Tensor:
+    """``t - s`` for absolute rows ``t = offset .. offset+rows-1`` and columns ``s = 0 .. cols-1``."""
+    t = torch.arange(offset, offset + rows, device=device)[:, None]
+    s = torch.arange(cols, device=device)[None, :]
+    return t - s
+
+
+def causal_toeplitz(kernel: torch.Tensor) -> torch.Tensor:
+    """Lower-triangular Toeplitz matrix ``T[t, s] = kernel[t - s]`` (0 above the diagonal): ``[..., S, S]``."""
+    seq = kernel.shape[-1]
+    diff = _distance_index(seq, seq, 0, kernel.device)
+    return kernel[..., diff.clamp(min=0)].masked_fill(diff < 0, 0)
+
+
+def causal_conv_dense(kernel: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Causal convolution as a dense lower-triangular Toeplitz product; exact, O(S^2) memory."""
+    seq = u.shape[-2]
+    dtype = compute_dtype(u.dtype)
+    return causal_toeplitz(kernel[..., :seq].to(dtype)) @ u.to(dtype)
+
+
+def per_position_apply(density: torch.Tensor, u: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Per-position kernels: density ``[..., T, N]`` holds ``Dn_t(d)`` for rows ``t = offset .. offset+T-1``
+    and distances ``d = 0 .. N-1`` (``N >= offset + T``); u ``[..., offset+T, C]``. Returns ``[..., T, C]``."""
+    rows = density.shape[-2]
+    cols = u.shape[-2]
+    diff = _distance_index(rows, cols, offset, density.device)
+    row_index = torch.arange(rows, device=density.device)[:, None]
+    weights = density[..., row_index, diff.clamp(min=0)].masked_fill(diff < 0, 0)
+    return weights @ u.to(weights.dtype)
+
+
+def per_position_from_weights(
+    mask_weights: torch.Tensor,  # [B, H, T, M]
+    masks: torch.Tensor,  # [H, M, N], N >= offset + T
+    u: torch.Tensor,  # [B, H, offset+T, C]
+    to_density: Callable[[torch.Tensor], torch.Tensor],
+    offset: int = 0,
+    block: int | None = None,
+) -> torch.Tensor:
+    """Mix masks per position, turn the kernels into densities and apply them.
+
+    ``block=None`` does all rows at once (O(T x N) memory per head). With ``block`` the rows are
+    processed in tiles that only see the distances they need, and under autograd each tile is
+    recomputed in backward, so neither pass holds more than O(block x N) per head.
+    """
+    dtype = compute_dtype(u.dtype)
+    mask_weights, masks, u = mask_weights.to(dtype), masks.to(dtype), u.to(dtype)
+
+    def tile(weights_tile: torch.Tensor, u_prefix: torch.Tensor, tile_offset: int) -> torch.Tensor:
+        kernel = weights_tile @ masks[..., : u_prefix.shape[-2]]
+        return per_position_apply(to_density(kernel), u_prefix, tile_offset)
+
+    rows = mask_weights.shape[-2]
+    if block is None or block >= rows:
+        return tile(mask_weights, u, offset)
+    outs = []
+    for start in range(0, rows, block):
+        stop = min(rows, start + block)
+        args = (mask_weights[..., start:stop, :], u[..., : offset + stop, :], offset + start)
+        if torch.is_grad_enabled() and (mask_weights.requires_grad or u.requires_grad):
+            outs.append(checkpoint(tile, *args, use_reentrant=False))
+        else:
+            outs.append(tile(*args))
+    return torch.cat(outs, dim=-2)
+
+
+# ---- plain loop references (float64 in the tests) -------------------------------------------
+
+
+def causal_conv_reference(kernel: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``o_t = sum_{d<=t} kernel[d] u[t-d]`` by explicit loops."""
+    seq = u.shape[-2]
+    out = [sum(kernel[..., d, None] * u[..., t - d, :] for d in range(t + 1)) for t in range(seq)]
+    return torch.stack(out, dim=-2)
+
+
+def per_position_reference(density: torch.Tensor, u: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """``o_t = sum_{d<=t} density[t, d] u[t-d]`` by explicit loops, rows ``t = offset ..``."""
+    rows = density.shape[-2]
+    out = []
+    for i in range(rows):
+        t = offset + i
+        out.append(sum(density[..., i, d, None] * u[..., t - d, :] for d in range(t + 1)))
+    return torch.stack(out, dim=-2)
