@@ -43,10 +43,9 @@ def causal_linear_attention(
 
 
 def causal_linear_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The same quantity by an explicit loop over positions and keys."""
+    """The same quantity one position at a time: weights ``q_t . k_j`` for j <= t, normalised sum of ``v_j``."""
     out = []
     for t in range(q.shape[-2]):
-        weights = [(q[..., t, :] * k[..., j, :]).sum(-1, keepdim=True) for j in range(t + 1)]
-        numerator = sum(w * v[..., j, :] for j, w in enumerate(weights))
-        out.append(numerator / (sum(weights) + 1e-6))
+        weights = (q[..., t, None, :] * k[..., : t + 1, :]).sum(-1, keepdim=True)  # [..., t+1, 1]
+        out.append((weights * v[..., : t + 1, :]).sum(-2) / (weights.sum(-2) + 1e-6))
     return torch.stack(out, dim=-2)

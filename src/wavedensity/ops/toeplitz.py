@@ -112,17 +112,16 @@ def per_position_from_weights(
 
 
 def causal_conv_reference(kernel: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``o_t = sum_{d<=t} kernel[d] u[t-d]`` by explicit loops."""
+    """``o_t = sum_{d<=t} kernel[d] u[t-d]``, one position at a time (``u[t-d]`` for d = 0..t is ``u[:t+1]`` reversed)."""
     seq = u.shape[-2]
-    out = [sum(kernel[..., d, None] * u[..., t - d, :] for d in range(t + 1)) for t in range(seq)]
+    out = [(kernel[..., : t + 1, None] * u[..., : t + 1, :].flip(-2)).sum(-2) for t in range(seq)]
     return torch.stack(out, dim=-2)
 
 
 def per_position_reference(density: torch.Tensor, u: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """``o_t = sum_{d<=t} density[t, d] u[t-d]`` by explicit loops, rows ``t = offset ..``."""
-    rows = density.shape[-2]
+    """``o_t = sum_{d<=t} density[t, d] u[t-d]``, one position at a time, rows ``t = offset ..``."""
     out = []
-    for i in range(rows):
+    for i in range(density.shape[-2]):
         t = offset + i
-        out.append(sum(density[..., i, d, None] * u[..., t - d, :] for d in range(t + 1)))
+        out.append((density[..., i, : t + 1, None] * u[..., : t + 1, :].flip(-2)).sum(-2))
     return torch.stack(out, dim=-2)

@@ -1,0 +1,194 @@
+"""The HF causal LM: config, cache == recompute, save/load, baseline skeleton, presets, clear errors."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+import wavedensity
+from conftest import tiny_config, tiny_model
+from wavedensity import WDAConfig, WDAForCausalLM
+
+MODES = [
+    dict(routing="prefix"),
+    dict(routing="static"),
+    dict(routing="pooled", gate="release"),
+    dict(routing="prefix", learned_content=False),
+    dict(routing="prefix", use_sampling=True),
+    dict(routing="prefix", toeplitz_path="tiled", tiled_block=4),
+    dict(routing="prefix", mixer="softmax"),
+]
+
+
+def per_prefix_last_logits(model, ids):
+    """Row t: last-position logits of a forward over tokens 0..t alone (what generation sees)."""
+    with torch.no_grad():
+        return torch.stack([model(ids[:, : t + 1], use_cache=False).logits[:, -1] for t in range(ids.shape[1])], 1)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(f"{v}" for v in m.values()))
+def test_cached_generation_equals_recomputation(mode):
+    model = tiny_model(**mode)
+    prompt = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(0))
+    kwargs = dict(max_new_tokens=30, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    cached = model.generate(prompt, **kwargs)
+    uncached = model.generate(prompt, use_cache=False, **kwargs)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(torch.stack(cached.logits), torch.stack(uncached.logits), atol=1e-5, rtol=0)
+    # and against forwards over each prefix, computed independently of generate()
+    reference = per_prefix_last_logits(model, cached.sequences)[:, 4:-1]
+    torch.testing.assert_close(torch.stack(cached.logits, 1), reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("routing", ["prefix", "static"])
+def test_chunked_prefill_with_cache_equals_full_forward(routing):
+    model = tiny_model(routing=routing)
+    ids = torch.randint(0, 37, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        out = model(ids[:, :17], use_cache=True)
+        parts = [out.logits]
+        for start, stop in [(17, 18), (18, 33), (33, 40)]:
+            out = model(ids[:, start:stop], cache=out.cache, use_cache=True)
+            parts.append(out.logits)
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
+
+
+def test_beam_search_and_sampling_run_with_the_cache():
+    model = tiny_model()
+    prompt = torch.randint(0, 37, (2, 4), generator=torch.Generator().manual_seed(2))
+    beams = model.generate(prompt, max_new_tokens=6, num_beams=3, do_sample=False)
+    assert beams.shape == (2, 10)
+    torch.manual_seed(0)
+    sampled = model.generate(prompt, max_new_tokens=6, do_sample=True, top_k=5, num_return_sequences=2)
+    assert sampled.shape == (4, 10)
+
+
+@pytest.mark.parametrize("mode", [dict(routing="prefix"), dict(routing="static"), dict(mixer="softmax")])
+def test_save_and_load_round_trip_exactly(tmp_path, mode):
+    model = tiny_model(**mode)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "wavedensity"
+    for loader in (WDAForCausalLM, AutoModelForCausalLM):
+        loaded = loader.from_pretrained(tmp_path).eval()
+        assert type(loaded) is WDAForCausalLM
+        before, after = model.state_dict(), loaded.state_dict()
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    ids = torch.randint(0, 37, (1, 20))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+
+
+def test_config_takes_release_names_and_hf_aliases():
+    release = dict(vocab_size=53, seq_len=24, embed_dim=48, num_layers=3, num_heads=3, num_masks=6,
+                   num_waves_per_mask=3, topk_masks=2, attn_alpha=2.0, content_rank=4, content_mix=0.0,
+                   learned_content=False, use_sin_waves=True, ffn_mult=2, tie_embeddings=False)
+    config = WDAConfig(**release)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (48, 3, 3)
+    assert config.max_position_embeddings == 24 and config.routing == "prefix" and config.gate == "topk"
+    aliased = WDAConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16)
+    assert (aliased.embed_dim, aliased.num_layers, aliased.num_heads, aliased.seq_len) == (32, 2, 4, 16)
+    assert isinstance(AutoConfig.for_model("wavedensity"), WDAConfig)
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (dict(routing="future"), "routing"),
+        (dict(gate="sparse"), "gate"),
+        (dict(mixer="rnn"), "mixer"),
+        (dict(embed_dim=30, num_heads=4), "divisible"),
+        (dict(topk_masks=9, num_masks=4), "topk_masks"),
+        (dict(routing="prefix", toeplitz_path="fft"), "fft"),
+        (dict(embed_dim="wide"), "embed_dim"),
+        (dict(seq_len=0), "seq_len"),
+    ],
+)
+def test_malformed_config_is_rejected_by_name(bad, message):
+    with pytest.raises(Exception, match=message):
+        WDAConfig(**bad)
+
+
+def test_prompt_longer_than_context_is_a_clear_error():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="seq_len=64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="seq_len=64"):
+        model.generate(torch.zeros(1, 60, dtype=torch.long), max_new_tokens=10, do_sample=False)
+
+
+def test_padding_mask_is_rejected_not_ignored():
+    model = tiny_model()
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[0, 0] = 0
+    with pytest.raises(ValueError, match="padding"):
+        model(torch.zeros(2, 6, dtype=torch.long), attention_mask=mask)
+
+
+def test_batch_rows_are_independent():
+    model = tiny_model()
+    ids = torch.randint(0, 37, (3, 33), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        batched = model(ids).logits
+        single = torch.cat([model(ids[i : i + 1]).logits for i in range(3)])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+
+
+def test_softmax_baseline_shares_the_skeleton():
+    wda, softmax = tiny_model(), tiny_model(mixer="softmax")
+    skeleton = lambda m: {k: v.shape for k, v in m.state_dict().items() if ".mixer." not in k}  # noqa: E731
+    assert skeleton(wda) == skeleton(softmax)
+    mixer = softmax.model.layers[0].mixer
+    assert mixer.num_heads == 3 and mixer.head_dim == 8
+
+
+def test_gate_learns_under_topk_and_not_under_the_release_value():
+    ids = torch.randint(0, 37, (2, 20), generator=torch.Generator().manual_seed(4))
+    for gate, learns in [("topk", True), ("dense", True), ("release", False)]:
+        model = tiny_model(gate=gate).train()
+        model(ids, labels=ids).loss.backward()
+        grad = model.model.layers[0].mixer.gate_out_weight.grad
+        assert (grad is not None and grad.abs().sum() > 0) == learns, gate
+        assert model.model.layers[0].mixer.scale_out_weight.grad.abs().sum() > 0  # mask scaling always learns
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    ids = torch.randint(0, 37, (2, 24), generator=torch.Generator().manual_seed(5))
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model(dtype=torch.float64).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model(ids, labels=ids, use_cache=False).loss.backward()
+        grads.append({k: p.grad for k, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k])
+
+
+def test_130m_preset_has_the_released_parameter_count():
+    with torch.device("meta"):
+        model = WDAForCausalLM(wavedensity.preset_config("wda-130m"))
+    assert model.num_parameters() == 131_508_032
+    waves = sum(p.numel() for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in ("freqs", "amps", "phases"))
+    assert waves == 16_384
+    with pytest.raises(KeyError, match="known presets"):
+        wavedensity.preset_config("wda-7b")
+
+
+def test_cpu_presets_build_and_run():
+    for name in ("cpu-tiny", "cpu-small"):
+        model = WDAForCausalLM(wavedensity.preset_config(name)).eval()
+        with torch.no_grad():
+            assert model(torch.zeros(1, 8, dtype=torch.long)).logits.shape == (1, 8, 256)
+
+
+def test_tied_embeddings_share_the_weight(tmp_path):
+    model = WDAForCausalLM(tiny_config(tie_word_embeddings=True))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    model.save_pretrained(tmp_path)
+    loaded = WDAForCausalLM.from_pretrained(tmp_path)
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight

@@ -1,0 +1,161 @@
+"""Every fast op against its plain float64 loop reference: outputs and gradients."""
+
+import math
+
+import pytest
+import torch
+
+from wavedensity import ops
+
+LENGTHS = [1, 2, 63, 64, 257]
+F64 = torch.float64
+
+
+def grads(fn, *inputs):
+    """Output and input gradients of ``fn`` under a fixed random cotangent."""
+    inputs = [x.detach().clone().requires_grad_(True) for x in inputs]
+    out = fn(*inputs)
+    cotangent = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(1))
+    return out.detach(), torch.autograd.grad(out, inputs, cotangent)
+
+
+def assert_same(fast, reference, atol=1e-10):
+    (out_f, grads_f), (out_r, grads_r) = fast, reference
+    torch.testing.assert_close(out_f, out_r, atol=atol, rtol=1e-9)
+    for g_f, g_r in zip(grads_f, grads_r):
+        torch.testing.assert_close(g_f, g_r, atol=atol, rtol=1e-9)
+
+
+@pytest.mark.parametrize("seq", LENGTHS)
+@pytest.mark.parametrize("conv", [ops.causal_conv_fft, ops.causal_conv_dense])
+def test_causal_conv_matches_reference(seq, conv):
+    torch.manual_seed(seq)
+    kernel = torch.rand(2, 3, seq, dtype=F64)  # [B, H, S]: one kernel per sequence and head
+    u = torch.randn(2, 3, seq, 4, dtype=F64)
+    assert_same(grads(conv, kernel, u), grads(ops.causal_conv_reference, kernel, u))
+
+
+def test_causal_conv_broadcasts_one_kernel_per_head():
+    kernel, u = torch.rand(1, 3, 40, dtype=F64), torch.randn(2, 3, 40, 5, dtype=F64)
+    torch.testing.assert_close(ops.causal_conv_fft(kernel, u), ops.causal_conv_reference(kernel.expand(2, -1, -1), u))
+
+
+def test_fft_size_is_linear_not_circular():
+    for n in [1, 2, 63, 64, 257, 1000]:
+        size = ops.fft_size(n)
+        assert size >= 2 * n and size % 2 == 0
+    # A circular (size-S) FFT would wrap the last inputs onto the first outputs; ours must not.
+    u = torch.zeros(1, 1, 16, 1, dtype=F64)
+    u[..., -1, :] = 1.0
+    out = ops.causal_conv_fft(torch.ones(1, 1, 16, dtype=F64), u)
+    assert out[..., :-1, :].abs().max() < 1e-12
+
+
+def mixture_inputs(seq, offset=0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.rand(2, 3, seq, 4, dtype=F64, generator=g)  # [B, H, T, M]
+    masks = torch.randn(3, 4, offset + seq, dtype=F64, generator=g)  # [H, M, N]
+    u = torch.randn(2, 3, offset + seq, 5, dtype=F64, generator=g)
+    window = ops.gaussian_window(offset + seq + 3, dtype=F64)
+    to_density = lambda k: ops.density(k, window, 2.5)  # noqa: E731
+    return weights, masks, u, to_density
+
+
+@pytest.mark.parametrize("seq", LENGTHS)
+@pytest.mark.parametrize("block", [None, 16])
+def test_per_position_matches_reference(seq, block):
+    weights, masks, u, to_density = mixture_inputs(seq, seed=seq)
+
+    def fast(w, m, x):
+        return ops.per_position_from_weights(w, m, x, to_density, block=block)
+
+    def reference(w, m, x):
+        return ops.per_position_reference(to_density(w @ m), x)
+
+    assert_same(grads(fast, weights, masks, u), grads(reference, weights, masks, u))
+
+
+@pytest.mark.parametrize("block", [None, 4])
+def test_per_position_rows_after_an_offset(block):
+    """Rows for positions offset..offset+T-1 (what a decoding cache asks for) against the reference."""
+    offset, rows = 9, 7
+    weights, masks, u, to_density = mixture_inputs(rows, offset=offset, seed=3)
+    fast = ops.per_position_from_weights(weights, masks, u, to_density, offset=offset, block=block)
+    reference = ops.per_position_reference(to_density(weights @ masks), u, offset=offset)
+    torch.testing.assert_close(fast, reference)
+
+
+@pytest.mark.parametrize("seq", LENGTHS)
+def test_linear_attention_matches_reference(seq):
+    torch.manual_seed(seq)
+    q = ops.feature_map(torch.randn(2, 3, seq, 4, dtype=F64))
+    k = ops.feature_map(torch.randn(2, 3, seq, 4, dtype=F64))
+    v = torch.randn(2, 3, seq, 5, dtype=F64)
+    fast = lambda q, k, v: ops.causal_linear_attention(q, k, v, chunk=16)[0]  # noqa: E731
+    assert_same(grads(fast, q, k, v), grads(ops.causal_linear_attention_reference, q, k, v))
+
+
+def test_linear_attention_state_continues_exactly():
+    torch.manual_seed(0)
+    q, k = (ops.feature_map(torch.randn(1, 2, 30, 3, dtype=F64)) for _ in range(2))
+    v = torch.randn(1, 2, 30, 4, dtype=F64)
+    whole, _ = ops.causal_linear_attention(q, k, v)
+    first, state = ops.causal_linear_attention(q[:, :, :11], k[:, :, :11], v[:, :, :11])
+    rest, _ = ops.causal_linear_attention(q[:, :, 11:], k[:, :, 11:], v[:, :, 11:], state)
+    torch.testing.assert_close(torch.cat([first, rest], dim=2), whole)
+
+
+def test_triangle_wave_values():
+    x = torch.tensor([math.pi / 2, 3 * math.pi / 2, 0.0, math.pi, 5 * math.pi / 2, -math.pi / 2], dtype=F64)
+    torch.testing.assert_close(ops.triangle_wave(x), torch.tensor([-1.0, 1.0, 0.0, 0.0, -1.0, 1.0], dtype=F64))
+
+
+def test_wave_masks_match_the_formula():
+    torch.manual_seed(0)
+    freqs, amps, phases = torch.randn(2, 3, 4, 2, dtype=F64), torch.rand(2, 3, 4, dtype=F64), torch.randn(2, 3, 4, dtype=F64)
+    seq_len = 10
+    enc = ops.relative_encoding(seq_len, dtype=F64)
+    assert enc.shape == (19, 2) and enc[seq_len - 1].abs().max() == 0  # row L-1 is r = 0
+    for use_sin, phi in [(True, math.sin), (False, lambda a: float(ops.triangle_wave(a.clone())))]:
+        masks = ops.wave_masks(freqs, amps, phases, enc[seq_len - 1 :], use_sin)
+        h, m, d = 1, 2, 7
+        p1, p2 = d / seq_len, math.sqrt(d + 1e-6) / math.sqrt(seq_len)
+        want = sum(
+            amps[h, m, j] * phi(2 * math.pi * (freqs[h, m, j, 0] * p1 + freqs[h, m, j, 1] * p2) + phases[h, m, j])
+            for j in range(4)
+        )
+        assert abs(masks[h, m, d].item() - float(want)) < 1e-9
+
+
+def test_gate_topk_is_straight_through_and_release_passes_no_gradient():
+    logits = torch.randn(3, 6, dtype=F64, requires_grad=True)
+    soft = torch.softmax(logits / 0.7, dim=-1)
+    top = ops.gate_weights(logits, 0.7, 2, "topk")
+    assert torch.all((top > 0).sum(-1) == 2)
+    torch.testing.assert_close(top.sum(-1), torch.ones(3, dtype=F64))
+    cot = torch.randn(3, 6, dtype=F64)
+    (g_top,) = torch.autograd.grad(top, logits, cot)
+    (g_soft,) = torch.autograd.grad(soft, logits, cot)
+    torch.testing.assert_close(g_top, g_soft)  # gradient of the softmax, value of the hard top-k
+    release = ops.gate_weights(logits, 0.7, 2, "release")
+    torch.testing.assert_close(release, soft.detach())
+    assert not release.requires_grad
+    with pytest.raises(ValueError, match="unknown gate mode"):
+        ops.gate_weights(logits, 1.0, 2, "bogus")
+
+
+def test_stochastic_density_is_straight_through_and_its_expectation_at_inference():
+    kernel = torch.randn(4, 50, dtype=F64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    window = ops.gaussian_window(50, dtype=F64)
+    kwargs = dict(sampling=True, noise_sigma=0.7, step_alpha=3.0)
+    torch.manual_seed(1)
+    train = ops.density(kernel, window, 3.0, stochastic=True, num_samples=3, **kwargs)
+    torch.manual_seed(1)
+    noisy = kernel.detach() + 0.7 * torch.randn((3, 4, 50), dtype=F64)
+    torch.testing.assert_close(train, (noisy > 0).to(F64).mean(0) * window)  # forward: mean of steps
+    (grad,) = torch.autograd.grad(train.sum(), kernel)
+    s = torch.sigmoid(3.0 * noisy)
+    torch.testing.assert_close(grad, window * (3.0 * s * (1 - s)).mean(0))  # backward: sigmoid surrogate
+    many = ops.density(kernel, window, 3.0, stochastic=True, num_samples=20000, **kwargs)
+    infer = ops.density(kernel, window, 3.0, stochastic=False, num_samples=3, **kwargs)
+    torch.testing.assert_close(many, infer.detach(), atol=0.02, rtol=0)  # inference uses the expectation
