@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -79,7 +80,8 @@ def load_model(directory: str, release: bool = False):
     # from_pretrained only warns about absent or foreign weights and leaves them random; refuse instead.
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
-        summary = "; ".join(f"{len(v)} {k.replace('_', ' ')} (e.g. {sorted(map(str, v))[0]})" for k, v in problems.items())
+        summary = "; ".join(f"{len(v)} {k.replace('_', ' ')} (e.g. {sorted(map(str, v))[0]})"
+                            for k, v in problems.items())
         raise CLIError(f"weights in {path} do not match its config: {summary}")
     return model.eval()
 
@@ -116,14 +118,16 @@ def prompt_ids(args, model) -> list[int]:
         return default_prompt(model.config)
     path = Path(args.model)
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise CLIError(f"--prompt needs a tokenizer saved in {path} and there is none; pass token ids with --prompt-ids")
+        raise CLIError(f"--prompt needs a tokenizer saved in {path} and there is none; "
+                       "pass token ids with --prompt-ids")
     from transformers import AutoTokenizer
 
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as err:
-        raise CLIError(f"cannot load the tokenizer in {path} ({one_line(err)}); pass token ids with --prompt-ids") from err
+        raise CLIError(f"cannot load the tokenizer in {path} ({one_line(err)}); "
+                       "pass token ids with --prompt-ids") from err
     return list(tokenizer(args.prompt).input_ids)
 
 
@@ -154,13 +158,21 @@ def cmd_convert_release(args) -> int:
     return 0
 
 
+def gate_text(c) -> str:
+    return {
+        "topk": f"topk (top-{c.topk_masks} of {c.num_masks} masks, straight-through)",
+        "release": f"release (dense softmax over {c.num_masks} masks; the gate MLPs get no gradient)",
+        "dense": f"dense (differentiable softmax over {c.num_masks} masks)",
+    }[c.gate]
+
+
 def cmd_info(args) -> int:
     model = load_model(args.model, args.release)
     c = model.config
     rows = [
         ("mixer", c.mixer),
         ("routing", c.routing if c.mixer == "wda" else "n/a (softmax)"),
-        ("gate", f"{c.gate} (top-{c.topk_masks} of {c.num_masks} masks)" if c.mixer == "wda" else "n/a (softmax)"),
+        ("gate", gate_text(c) if c.mixer == "wda" else "n/a (softmax)"),
         ("seq_len", c.seq_len),
         ("vocab_size", c.vocab_size),
         ("embed_dim", c.embed_dim),
@@ -185,7 +197,8 @@ def causality_gap(model, length: int, cut: int) -> float:
     vocab = model.config.vocab_size
     ids = torch.randint(vocab, (1, length), generator=generator)
     changed = ids.clone()
-    changed[:, cut + 1 :] = (ids[:, cut + 1 :] + torch.randint(1, vocab, (1, length - cut - 1), generator=generator)) % vocab
+    shift = torch.randint(1, vocab, (1, length - cut - 1), generator=generator)  # nonzero: every token changes
+    changed[:, cut + 1 :] = (ids[:, cut + 1 :] + shift) % vocab
     with torch.no_grad():
         a = model(ids, use_cache=False).logits[:, : cut + 1]
         b = model(changed, use_cache=False).logits[:, : cut + 1]
@@ -242,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     def model_args(p):
         p.add_argument("--model", required=True, metavar="DIR", help="local model directory (save_pretrained format)")
         p.add_argument("--release", action="store_true",
-                       help="DIR is a released WaveCharLM checkpoint (config.json + model.safetensors with release keys)")
+                       help="DIR is a released WaveCharLM checkpoint (config.json + model.safetensors, release keys)")
 
     inspect = commands.add_parser("inspect", help="look inside a model").add_subparsers(
         dest="what", required=True, metavar="WHAT")
@@ -281,10 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings (e.g. pooled routing is not causal) as one ``wda: warning:`` line, without source lines."""
+    print(f"wda: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with quiet_transformers():
+        with quiet_transformers(), warnings.catch_warnings():  # catch_warnings restores showwarning
+            warnings.showwarning = show_warning
             return args.run(args)
     except CLIError as err:
         print(f"wda: error: {err}", file=sys.stderr)

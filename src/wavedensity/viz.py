@@ -18,7 +18,7 @@ def _as_prompt(input_ids) -> torch.LongTensor:
     if ids.dim() == 2 and ids.shape[0] == 1:
         ids = ids[0]
     if ids.dim() != 1:
-        raise ValueError(f"input_ids must be one prompt (a list or a [S] / [1, S] tensor), got shape {tuple(ids.shape)}")
+        raise ValueError(f"input_ids must be one prompt (a list, a [S] or a [1, S] tensor), got {tuple(ids.shape)}")
     return ids.unsqueeze(0)
 
 
@@ -26,10 +26,9 @@ def _check(model, ids: torch.Tensor, layer: int, head: int) -> None:
     config = model.config
     if config.mixer != "wda":
         raise ValueError(f"the model has mixer={config.mixer!r}: softmax attention has no wave masks to plot")
-    if not 0 <= layer < config.num_layers:
-        raise ValueError(f"layer {layer} is out of range: the model has {config.num_layers} layers (0..{config.num_layers - 1})")
-    if not 0 <= head < config.num_heads:
-        raise ValueError(f"head {head} is out of range: the model has {config.num_heads} heads (0..{config.num_heads - 1})")
+    for name, index, count in (("layer", layer, config.num_layers), ("head", head, config.num_heads)):
+        if not 0 <= index < count:
+            raise ValueError(f"{name} {index} is out of range: the model has {count} {name}s (0..{count - 1})")
     length = ids.shape[1]
     if length == 0:
         raise ValueError("the prompt is empty: the kernel at the last position needs at least one token")
@@ -37,7 +36,7 @@ def _check(model, ids: torch.Tensor, layer: int, head: int) -> None:
         raise ValueError(f"the prompt has {length} tokens, more than the model's seq_len={config.seq_len}")
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or high >= config.vocab_size:
-        raise ValueError(f"prompt ids must lie in [0, {config.vocab_size}) (the vocabulary), got ids from {low} to {high}")
+        raise ValueError(f"prompt ids must lie in [0, {config.vocab_size}) (the vocabulary), got {low} .. {high}")
 
 
 def kernel_data(model, input_ids, layer: int, head: int) -> dict:

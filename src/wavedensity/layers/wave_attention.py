@@ -29,7 +29,7 @@ from ..ops import (
 from .cache import WDALayerState
 
 # Below these lengths the dense paths beat FFT / tiling on the machines we measured (see docs/benchmarks.md).
-DENSE_CONV_MAX_LEN = 256
+DENSE_CONV_MAX_LEN = 128
 DENSE_PER_POSITION_MAX_LEN = 512
 
 
