@@ -11,6 +11,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 
 from ..ops import (
     causal_conv_dense,
@@ -74,6 +75,7 @@ class WaveDensityAttention(nn.Module):
         )
         self.content_mix, self.content_rank = float(config.content_mix), config.content_rank
         self.learned_content = config.learned_content
+        self.init_std = config.initializer_range
 
         self.v_proj = nn.Linear(d, d)
         self.out_proj = nn.Linear(d, d)
@@ -104,14 +106,23 @@ class WaveDensityAttention(nn.Module):
                 NonCausalRoutingWarning,
                 stacklevel=2,
             )
+        self.reset_parameters()
 
-    def reset_wave_parameters(self) -> None:
-        """The release's initialisation of the wave and routing-basis parameters (DESIGN §1)."""
-        with torch.no_grad():
-            self.freqs.normal_(0.0, 1.5)
-            self.amps.normal_(0.0, 0.02).add_(0.5)
-            self.phases.normal_(0.0, math.pi)
-            self.mod_basis.normal_(0.0, 0.05)
+    def reset_parameters(self) -> None:
+        """The release's wave initialisation (DESIGN §1); routing output layers small, static summary zero.
+
+        Uses ``transformers.initialization``, which skips tensors already loaded from a checkpoint.
+        """
+        init.normal_(self.freqs, 0.0, 1.5)
+        init.normal_(self.amps, 0.5, 0.02)
+        init.normal_(self.phases, 0.0, math.pi)
+        init.normal_(self.mod_basis, 0.0, 0.05)
+        for weight in (self.gate_out_weight, self.scale_out_weight):
+            init.normal_(weight, 0.0, self.init_std)
+        for bias in (self.gate_out_bias, self.scale_out_bias):
+            init.zeros_(bias)
+        if self.routing == "static":
+            init.zeros_(self.static_summary)
 
     # ---- pieces, public so pictures and tests can look inside -------------------------------
 
@@ -208,17 +219,18 @@ class WaveDensityAttention(nn.Module):
             u = torch.cat([state.get("u"), u], dim=-2)
 
         weights = self.mask_weights(self.routing_summary(x, state))
-        o = self.apply_kernels(weights, u, offset)
-        ctx = o[..., 1:] / (o[..., :1] + 1e-8)
-
-        if self.content_mix > 0:
-            q_feat, k_feat = self.content_features(x)
-            previous = None if state is None or state.get("content_kv") is None else (
-                state.get("content_kv"), state.get("content_k_sum"))
-            content, (kv, k_sum) = causal_linear_attention(feature_map(q_feat), feature_map(k_feat), v, previous)
-            ctx = (1 - self.content_mix) * ctx + self.content_mix * content
-            if state is not None:
-                state.set(content_kv=kv, content_k_sum=k_sum)
+        # Kernels, Toeplitz products and the content path run in float32 even under bf16 autocast.
+        with torch.autocast(x.device.type, enabled=False):
+            o = self.apply_kernels(weights, u, offset)
+            ctx = o[..., 1:] / (o[..., :1] + 1e-8)
+            if self.content_mix > 0:
+                q_feat, k_feat = self.content_features(x)
+                previous = None if state is None or state.get("content_kv") is None else (
+                    state.get("content_kv"), state.get("content_k_sum"))
+                content, (kv, k_sum) = causal_linear_attention(feature_map(q_feat), feature_map(k_feat), v, previous)
+                ctx = (1 - self.content_mix) * ctx + self.content_mix * content
+                if state is not None:
+                    state.set(content_kv=kv, content_k_sum=k_sum)
 
         if state is not None:
             state.set(u=u)

@@ -23,16 +23,7 @@ class WDAPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         std = self.config.initializer_range
         if isinstance(module, WaveDensityAttention):
-            init.normal_(module.freqs, 0.0, 1.5)
-            init.normal_(module.amps, 0.5, 0.02)
-            init.normal_(module.phases, 0.0, torch.pi)
-            init.normal_(module.mod_basis, 0.0, 0.05)
-            for weight in (module.gate_out_weight, module.scale_out_weight):
-                init.normal_(weight, 0.0, std)
-            for bias in (module.gate_out_bias, module.scale_out_bias):
-                init.zeros_(bias)
-            if hasattr(module, "static_summary"):
-                init.zeros_(module.static_summary)
+            module.reset_parameters()
         elif isinstance(module, WDAModel):
             init.normal_(module.pos_emb, 0.0, std)
 
