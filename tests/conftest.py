@@ -10,6 +10,10 @@ sys.path.insert(0, str(TESTS))  # release_reference.py, the float64 oracle of th
 SHARED = TESTS.parents[1] / "shared"
 
 import wavedensity  # noqa: E402
+
+# Tiny models gain nothing from more threads, and on a shared 2-core machine spinning OpenMP
+# threads slow each small op down many times over.
+torch.set_num_threads(1)
 from wavedensity.layers import NonCausalRoutingWarning  # noqa: E402
 
 

@@ -1,5 +1,6 @@
 """The ``wda`` command run in-process: demo, inspect kernels, info, convert-release, errors; and viz checks."""
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -63,7 +64,7 @@ def test_demo_writes_picture_and_model(demo_dir, capsys):
 def test_demo_output(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "positions 0..10 = 0.00e+00 (causal)" in out
+    assert "positions 0..10 = 0.00e+00 (causal;" in out
     assert "cached decoding matches full recomputation: yes" in out
     assert "training on the embedded corpus arrives with the training feature" in out
 
@@ -148,6 +149,12 @@ def test_missing_model_dir(tmp_path, capsys):
 def test_bad_model_files(tmp_path, demo_dir, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(demo_dir / "model", broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "num_layers": 3}))  # weights for 2 layers only
+    assert "missing keys (e.g. model.layers.2." in error_of(capsys, ["info", "--model", str(broken)])
+    (broken / "config.json").write_text(json.dumps({**config, "embed_dim": 32}))
+    assert "in the file" in error_of(capsys, ["info", "--model", str(broken)])
+    (broken / "config.json").write_text(json.dumps(config))
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     assert str(broken) in error_of(capsys, ["info", "--model", str(broken)])
     (broken / "config.json").write_text("{")

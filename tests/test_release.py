@@ -156,3 +156,9 @@ def test_broken_release_files_give_errors_that_name_them(tmp_path):
         WDAForCausalLM.from_release(tmp_path)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         WDAForCausalLM.from_release(tmp_path / "nowhere")
+
+
+def test_from_pretrained_refuses_a_release_directory_instead_of_loading_random_weights(tmp_path):
+    random_release_dir(tmp_path)
+    with pytest.raises(ValueError, match="from_release"):
+        WDAForCausalLM.from_pretrained(tmp_path)

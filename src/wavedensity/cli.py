@@ -7,7 +7,6 @@ the exit code argparse uses for usage errors; argparse's own usage errors raise 
 
 import argparse
 import contextlib
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -69,10 +68,8 @@ def load_model(directory: str, release: bool = False):
     try:
         if release:
             return WDAForCausalLM.from_release(path).eval()
-        if "model_type" not in json.loads((path / "config.json").read_text(encoding="utf-8")):
-            raise CLIError(f"{path} looks like a release-format checkpoint (its config.json has no model_type); "
-                           "pass --release, or convert it with `wda convert-release`")
-        model, info = WDAForCausalLM.from_pretrained(path, output_loading_info=True)
+        # ignore_mismatched_sizes: report wrong shapes in `info` (named below), not as "see the report above".
+        model, info = WDAForCausalLM.from_pretrained(path, output_loading_info=True, ignore_mismatched_sizes=True)
     except CLIError:
         raise
     except Exception as err:  # any failure to read the files is the user's to fix: report it, no traceback
@@ -80,10 +77,18 @@ def load_model(directory: str, release: bool = False):
     # from_pretrained only warns about absent or foreign weights and leaves them random; refuse instead.
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
-        summary = "; ".join(f"{len(v)} {k.replace('_', ' ')} (e.g. {sorted(map(str, v))[0]})"
+        summary = "; ".join(f"{len(v)} {k.replace('_', ' ')} (e.g. {describe_key(sorted(v)[0])})"
                             for k, v in problems.items())
         raise CLIError(f"weights in {path} do not match its config: {summary}")
     return model.eval()
+
+
+def describe_key(entry) -> str:
+    """A loading-info entry: a key, or ``(key, shape in the file, shape the config expects)``."""
+    if isinstance(entry, tuple):
+        key, found, expected = entry
+        return f"{key}: {list(found)} in the file, {list(expected)} expected"
+    return str(entry)
 
 
 def wave_parameter_count(model) -> int:
@@ -178,8 +183,8 @@ def cmd_info(args) -> int:
         ("embed_dim", c.embed_dim),
         ("layers x heads", f"{c.num_layers} x {c.num_heads} (head_dim {c.head_dim})"),
         ("waves", f"{c.num_masks} masks x {c.num_waves_per_mask} {'sin' if c.use_sin_waves else 'triangle'} waves"),
-        ("content path", f"mix {c.content_mix:g}, rank {c.content_rank}, "
-                         f"{'learned' if c.learned_content else 'fixed'}" if c.content_mix > 0 else "off"),
+        ("content path", (f"mix {c.content_mix:g}, rank {c.content_rank}, "
+                          f"{'learned' if c.learned_content else 'fixed'}") if c.content_mix > 0 else "off"),
         ("ffn", f"mult {c.ffn_mult}" if c.use_ffn else "off"),
         ("tied embeddings", c.tie_word_embeddings),
         ("parameters", f"{parameter_count(model):,}"),
@@ -191,8 +196,11 @@ def cmd_info(args) -> int:
     return 0
 
 
-def causality_gap(model, length: int, cut: int) -> float:
-    """Max |logit change| at positions 0..cut when every token after ``cut`` is replaced."""
+def causality_gap(model, length: int, cut: int) -> tuple[float, float]:
+    """Max |logit change| at positions 0..cut, and after it, when every token after ``cut`` is replaced.
+
+    The second number shows the check has power: the change does reach the later positions.
+    """
     generator = torch.Generator().manual_seed(1)
     vocab = model.config.vocab_size
     ids = torch.randint(vocab, (1, length), generator=generator)
@@ -200,9 +208,8 @@ def causality_gap(model, length: int, cut: int) -> float:
     shift = torch.randint(1, vocab, (1, length - cut - 1), generator=generator)  # nonzero: every token changes
     changed[:, cut + 1 :] = (ids[:, cut + 1 :] + shift) % vocab
     with torch.no_grad():
-        a = model(ids, use_cache=False).logits[:, : cut + 1]
-        b = model(changed, use_cache=False).logits[:, : cut + 1]
-    return (a - b).abs().max().item()
+        diff = (model(ids, use_cache=False).logits - model(changed, use_cache=False).logits).abs()
+    return diff[:, : cut + 1].max().item(), diff[:, cut + 1 :].max().item()
 
 
 def cmd_demo(args) -> int:
@@ -223,10 +230,11 @@ def run_demo(out: Path) -> int:
     print(f"  routing={c.routing}, gate={c.gate} (top-{c.topk_masks} of {c.num_masks} masks), "
           f"{c.num_layers} layers x {c.num_heads} heads, seq_len={c.seq_len}, byte vocabulary ({c.vocab_size})")
 
-    gap = causality_gap(model, length=min(32, c.seq_len), cut=10)
+    length = min(32, c.seq_len)
+    gap, later = causality_gap(model, length=length, cut=10)
     causal = gap <= 1e-6
     print(f"causality check: tokens after position 10 changed -> max |logit change| at positions 0..10 = {gap:.2e} "
-          f"({'causal' if causal else 'NOT CAUSAL'})")
+          f"({'causal' if causal else 'NOT CAUSAL'}; at positions 11..{length - 1}: {later:.2e})")
 
     prompt = torch.tensor([list(DEMO_PROMPT)])
     with torch.no_grad():
@@ -305,8 +313,8 @@ def main(argv=None) -> int:
         with quiet_transformers(), warnings.catch_warnings():  # catch_warnings restores showwarning
             warnings.showwarning = show_warning
             return args.run(args)
-    except CLIError as err:
-        print(f"wda: error: {err}", file=sys.stderr)
+    except (CLIError, OSError) as err:  # OSError: an output path that cannot be written, a full disk
+        print(f"wda: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -1,5 +1,8 @@
 """``WDAForCausalLM``: the WaveCharLM skeleton (DESIGN §2) as a Hugging Face causal LM."""
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
@@ -161,6 +164,23 @@ class WDAForCausalLM(WDAPreTrainedModel, GenerationMixin):
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
         return result if return_dict is not False else result.to_tuple()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, refusing a release-format directory (whose keys it would
+        not find, leaving every weight random) with a pointer to ``from_release``."""
+        config_path = Path(str(pretrained_model_name_or_path)) / "config.json"
+        if config_path.is_file():
+            try:
+                has_type = "model_type" in json.loads(config_path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
+                raise ValueError(f"{config_path}: not a valid JSON config ({err})") from None
+            if not has_type:
+                raise ValueError(
+                    f"{config_path} has no model_type: this looks like a released WaveCharLM checkpoint; "
+                    "load it with WDAForCausalLM.from_release() (on the command line: --release, or `wda convert-release`)"
+                )
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
     def from_release(cls, directory, **overrides) -> "WDAForCausalLM":

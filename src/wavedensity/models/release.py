@@ -82,7 +82,9 @@ def to_release_state_dict(state_dict: dict[str, torch.Tensor], config: WDAConfig
 
 def from_release_state_dict(release: dict[str, torch.Tensor], config: WDAConfig) -> dict[str, torch.Tensor]:
     """The release's keys -> ours. Strict: a missing, unexpected or mis-shaped key raises, naming it."""
-    expected = to_release_state_dict(WDAForCausalLM(config).state_dict(), config)
+    with torch.device("meta"):  # shapes only: no second copy of the weights
+        shapes = WDAForCausalLM(config).state_dict()
+    expected = to_release_state_dict(shapes, config)
     missing = sorted(set(expected) - set(release))
     unexpected = sorted(set(release) - set(expected) - ({"head.weight"} if config.tie_word_embeddings else set()))
     if missing or unexpected:
@@ -91,7 +93,7 @@ def from_release_state_dict(release: dict[str, torch.Tensor], config: WDAConfig)
         if release[key].shape != tensor.shape:
             raise ValueError(f"{key}: shape {tuple(release[key].shape)} in the file, {tuple(tensor.shape)} expected")
     for key in expected:
-        if key.rsplit(".", 1)[-1] in BUFFERS and not torch.allclose(release[key].float(), expected[key], atol=1e-6):
+        if key.rsplit(".", 1)[-1] in BUFFERS and not torch.allclose(release[key].float(), expected[key], atol=1e-6):  # noqa: E501
             raise ValueError(f"{key} does not hold the release's encoding for seq_len={config.seq_len}")
 
     out = {ours: release[theirs] for ours, theirs in TOP_LEVEL.items() if theirs in release}
