@@ -15,7 +15,9 @@ CAUSAL = [
     ("static", "dense", {}),
     ("static", "tiled", {"tiled_block": 8}),
     ("prefix", "auto", {"use_sampling": True}),
+    ("static", "fft", {"use_sampling": True}),
 ]
+TRAINING = [("prefix", "dense"), ("prefix", "tiled"), ("static", "auto"), ("static", "fft"), ("static", "tiled")]
 # FFT mixes all positions in floating point: future inputs reach the past only as float64 round-off.
 TOLERANCE = {"fft": 1e-12}
 
@@ -47,6 +49,22 @@ def test_gradient_of_past_logits_wrt_future_inputs_is_zero(routing, path, extra)
         future = grad[0, t + 1 :].abs().max().item()
         assert future <= TOLERANCE.get(path, 0.0), f"d logits[{t}] / d inputs[>{t}] = {future:.2e}"
         assert grad[0, : t + 1].abs().max() > 0
+
+
+@pytest.mark.parametrize("routing,path", TRAINING)
+def test_training_mode_stochastic_density_is_causal(routing, path):
+    """Sampled step densities have exact zeros; every path must still keep the future out."""
+    model = tiny_model(routing=routing, toeplitz_path=path, use_sampling=True, num_samples=2, noise_sigma=0.3,
+                       tiled_block=8, seq_len=200, dtype=torch.float64).train()
+    ids = torch.randint(0, 37, (1, 200), generator=torch.Generator().manual_seed(3))
+    changed = ids.clone()
+    changed[:, 150:] = (changed[:, 150:] + 1) % 37
+    with torch.no_grad():
+        torch.manual_seed(0)
+        base = model(ids, use_cache=False).logits
+        torch.manual_seed(0)
+        other = model(changed, use_cache=False).logits
+    assert torch.equal(base[:, :150], other[:, :150])
 
 
 def test_pooled_routing_reads_the_future_and_says_so():

@@ -215,7 +215,7 @@ def test_plotted_density_is_the_applied_one(routing):
     mixer = model.model.layers[layer].mixer
     with torch.no_grad():
         hidden = model(ids, output_hidden_states=True, use_cache=False).hidden_states[layer]
-        weights = mixer.mask_weights(mixer.routing_summary(hidden))
+        weights = mixer.routing_weights(hidden)
         identity = torch.eye(30).expand(1, mixer.num_heads, 30, 30).contiguous()
         applied = mixer.apply_kernels(weights, identity, 0)[0, head, last].flip(0)  # o[t, j] = Dn_t(t - j)
     torch.testing.assert_close(applied, data["density"][:30], atol=1e-6, rtol=0)

@@ -13,6 +13,7 @@ from wavedensity import WDAConfig, WDAForCausalLM
 MODES = [
     dict(routing="prefix"),
     dict(routing="static"),
+    dict(routing="static", toeplitz_path="fft"),
     dict(routing="pooled", gate="release"),
     dict(routing="prefix", learned_content=False),
     dict(routing="prefix", use_sampling=True),
@@ -55,14 +56,20 @@ def test_chunked_prefill_with_cache_equals_full_forward(routing):
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
 
 
-def test_beam_search_and_sampling_run_with_the_cache():
-    model = tiny_model()
+@pytest.mark.parametrize("mode", [dict(routing="prefix"), dict(routing="static", toeplitz_path="fft"),
+                                  dict(routing="pooled", gate="release")], ids=lambda m: m["routing"])
+def test_beam_search_and_sampling_agree_with_and_without_the_cache(mode):
+    model = tiny_model(**mode)
     prompt = torch.randint(0, 37, (2, 4), generator=torch.Generator().manual_seed(2))
-    beams = model.generate(prompt, max_new_tokens=6, num_beams=3, do_sample=False)
-    assert beams.shape == (2, 10)
-    torch.manual_seed(0)
-    sampled = model.generate(prompt, max_new_tokens=6, do_sample=True, top_k=5, num_return_sequences=2)
-    assert sampled.shape == (4, 10)
+    runs = []
+    for use_cache in (True, False):
+        beams = model.generate(prompt, max_new_tokens=6, num_beams=3, do_sample=False, use_cache=use_cache)
+        torch.manual_seed(0)
+        sampled = model.generate(prompt, max_new_tokens=6, do_sample=True, top_k=5, num_return_sequences=2,
+                                 use_cache=use_cache)
+        runs.append((beams, sampled))
+    assert runs[0][0].shape == (2, 10) and runs[0][1].shape == (4, 10)
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
 @pytest.mark.parametrize("mode", [dict(routing="prefix"), dict(routing="static"), dict(mixer="softmax")])
@@ -202,3 +209,73 @@ def test_the_layer_stands_alone_initialised():
     assert 0.4 < layer.amps.mean() < 0.6 and layer.freqs.std() > 1.0
     x = torch.randn(2, 9, 24)
     assert torch.isfinite(layer(x)).all()
+
+
+def test_fft_and_dense_paths_agree_in_float32_including_early_rows():
+    """S = 256: the FFT rows after the exact head carry only float32 round-off."""
+    ids = torch.randint(0, 37, (2, 256), generator=torch.Generator().manual_seed(6))
+    logits = {}
+    for path in ("fft", "dense"):
+        model = tiny_model(routing="pooled", gate="release", seq_len=256, toeplitz_path=path)
+        with torch.no_grad():
+            logits[path] = model(ids, use_cache=False).logits
+    torch.testing.assert_close(logits["fft"], logits["dense"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits["fft"][:, :128], logits["dense"][:, :128], atol=1e-5, rtol=0)
+
+
+def test_past_key_values_is_accepted_as_the_old_name_of_cache():
+    model = tiny_model()
+    ids = torch.randint(0, 37, (1, 12))
+    with torch.no_grad():
+        full = model(ids).logits
+        out = model(ids[:, :8], use_cache=True)
+        rest = model(ids[:, 8:], past_key_values=out.cache, use_cache=True).logits
+    torch.testing.assert_close(rest, full[:, 8:], atol=1e-5, rtol=0)
+    with pytest.raises(TypeError, match="unexpected arguments"):
+        model(ids, flash=True)
+
+
+def test_training_with_checkpointing_and_use_cache_does_not_replay_the_cache():
+    model = tiny_model().train()
+    model.activation_checkpointing_enable()
+    ids = torch.randint(0, 37, (2, 16))
+    model(ids, labels=ids, use_cache=True).loss.backward()
+
+
+def test_every_static_routing_parameter_learns():
+    model = tiny_model(routing="static").train()
+    ids = torch.randint(0, 37, (2, 20), generator=torch.Generator().manual_seed(7))
+    model(ids, labels=ids).loss.backward()
+    mixer = model.model.layers[0].mixer
+    for name in ("static_logits", "freqs", "amps", "phases"):
+        assert getattr(mixer, name).grad.abs().sum() > 0, name
+    # the scaling basis learns once its coefficients move off their zero start
+    assert mixer.static_scale.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda m: m(torch.tensor([[1, 40]])), "outside the vocabulary"),
+        (lambda m: m(torch.tensor([1, 2, 3])), r"\[batch, seq\]"),
+        (lambda m: m(torch.zeros(1, 0, dtype=torch.long)), "empty input"),
+        (lambda m: m(inputs_embeds=torch.zeros(1, 3, 7)), "inputs_embeds must be"),
+        (lambda m: m(inputs_embeds=torch.zeros(1, 3, 24, dtype=torch.float64)), "float64"),
+        (lambda m: m(torch.zeros(2, 3, dtype=torch.long), attention_mask=torch.ones(2, 5)), "attention_mask must be"),
+        (lambda m: m(torch.zeros(1, 3, dtype=torch.long), cache=wavedensity.WDACache(1)), "2 layers"),
+        (lambda m: m(torch.zeros(2, 3, dtype=torch.long), cache=m(torch.zeros(1, 3, dtype=torch.long)).cache),
+         "batch"),
+        (lambda m: m(torch.zeros(1, 3, dtype=torch.long), output_attentions=True), "attention matrix"),
+    ],
+)
+def test_bad_inputs_are_named(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call(tiny_model())
+
+
+def test_wavecharlm_nested_state_dict_keeps_the_prefix():
+    inner = wavedensity.WaveCharLM(vocab_size=37, seq_len=16, embed_dim=24, num_layers=1, num_heads=3, num_masks=5,
+                                   num_waves_per_mask=3, topk_masks=2, content_rank=4)
+    outer = torch.nn.Module()
+    outer.inner = inner
+    assert "inner.tok_emb.weight" in outer.state_dict()

@@ -1,11 +1,12 @@
 """Wave-Density Attention language models: layer, HF causal LM, release compatibility."""
 
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .layers import WaveDensityAttention, WDACache
 from .models import PRESETS, WaveCharLM, WDAConfig, WDAForCausalLM, WDAModel, load_release, preset_config
 
 AutoConfig.register(WDAConfig.model_type, WDAConfig, exist_ok=True)
+AutoModel.register(WDAConfig, WDAModel, exist_ok=True)
 AutoModelForCausalLM.register(WDAConfig, WDAForCausalLM, exist_ok=True)
 
 __version__ = "0.1.0"

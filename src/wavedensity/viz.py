@@ -60,7 +60,7 @@ def kernel_data(model, input_ids, layer: int, head: int) -> dict:
             hidden = model(ids, output_hidden_states=True, use_cache=False).hidden_states[layer]
             length = model.config.seq_len
             masks = mixer.masks(length, torch.float32, device)[head]  # [M, L]
-            weights = mixer.mask_weights(mixer.routing_summary(hidden))[0, head].float()  # [T, M]
+            weights = mixer.routing_weights(hidden)[0, head].float()  # [T, M]
             kernel = weights[-1] @ masks  # the last row is the last position's routing in every mode
             density = mixer.density_fn(torch.float32, device)(kernel)
             window = gaussian_window(length, device=device)

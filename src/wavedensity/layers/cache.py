@@ -67,11 +67,6 @@ class WDALayerState:
         if tokens_to_remove:
             raise NotImplementedError("a WDA cache holds running sums and cannot be cropped")
 
-    def offload(self) -> None:
-        self._map(lambda t: t.to("cpu", non_blocking=True))
-
-    def prefetch(self) -> None:
-        pass
 
 
 class WDACache(Cache):

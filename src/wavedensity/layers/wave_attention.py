@@ -30,12 +30,12 @@ from ..ops import (
 from .cache import WDALayerState
 
 # Below these lengths the dense paths beat FFT / tiling on the machines we measured (see docs/benchmarks.md).
-DENSE_CONV_MAX_LEN = 128
+DENSE_CONV_MAX_LEN = 256
 DENSE_PER_POSITION_MAX_LEN = 512
 
 
 class NonCausalRoutingWarning(UserWarning):
-    """Raised once when a model routes on the pooled (whole-sequence) summary, which reads the future."""
+    """Issued when a layer is built with pooled (whole-sequence) routing, which reads the future."""
 
 
 def fixed_content_matrices(embed_dim: int, seq_len: int, num_heads: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,19 +81,22 @@ class WaveDensityAttention(nn.Module):
         self.out_proj = nn.Linear(d, d)
         self.q_mod = nn.Linear(d, h)
         self.k_mod = nn.Linear(d, h)
-        # Per-head gate MLP D -> G -> M and mask-scaling MLP D -> G -> R, first layers fused over heads.
-        self.gate_in = nn.Linear(d, h * g)
-        self.gate_out_weight = nn.Parameter(torch.empty(h, m, g))
-        self.gate_out_bias = nn.Parameter(torch.empty(h, m))
-        self.scale_in = nn.Linear(d, h * g)
-        self.scale_out_weight = nn.Parameter(torch.empty(h, r, g))
-        self.scale_out_bias = nn.Parameter(torch.empty(h, r))
+        if self.routing == "static":
+            # Content-free routing: the gate logits and mask-scaling coefficients are learned directly.
+            self.static_logits = nn.Parameter(torch.empty(h, m))
+            self.static_scale = nn.Parameter(torch.empty(h, r))
+        else:
+            # Per-head gate MLP D -> G -> M and mask-scaling MLP D -> G -> R, first layers fused over heads.
+            self.gate_in = nn.Linear(d, h * g)
+            self.gate_out_weight = nn.Parameter(torch.empty(h, m, g))
+            self.gate_out_bias = nn.Parameter(torch.empty(h, m))
+            self.scale_in = nn.Linear(d, h * g)
+            self.scale_out_weight = nn.Parameter(torch.empty(h, r, g))
+            self.scale_out_bias = nn.Parameter(torch.empty(h, r))
         self.mod_basis = nn.Parameter(torch.empty(h, r, m))
         self.freqs = nn.Parameter(torch.empty(h, m, w, 2))
         self.amps = nn.Parameter(torch.empty(h, m, w))
         self.phases = nn.Parameter(torch.empty(h, m, w))
-        if self.routing == "static":
-            self.static_summary = nn.Parameter(torch.empty(d))
         if self.learned_content and self.content_rank > 0:
             self.content_q_proj = nn.Linear(d, h * self.content_rank, bias=False)
             self.content_k_proj = nn.Linear(d, h * self.content_rank, bias=False)
@@ -109,7 +112,7 @@ class WaveDensityAttention(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The release's wave initialisation (DESIGN §1); routing output layers small, static summary zero.
+        """The release's wave initialisation (DESIGN §1); routing output layers small.
 
         Uses ``transformers.initialization``, which skips tensors already loaded from a checkpoint.
         """
@@ -117,12 +120,14 @@ class WaveDensityAttention(nn.Module):
         init.normal_(self.amps, 0.5, 0.02)
         init.normal_(self.phases, 0.0, math.pi)
         init.normal_(self.mod_basis, 0.0, 0.05)
+        if self.routing == "static":
+            init.normal_(self.static_logits, 0.0, self.init_std)
+            init.zeros_(self.static_scale)
+            return
         for weight in (self.gate_out_weight, self.scale_out_weight):
             init.normal_(weight, 0.0, self.init_std)
         for bias in (self.gate_out_bias, self.scale_out_bias):
             init.zeros_(bias)
-        if self.routing == "static":
-            init.zeros_(self.static_summary)
 
     # ---- pieces, public so pictures and tests can look inside -------------------------------
 
@@ -134,9 +139,7 @@ class WaveDensityAttention(nn.Module):
         )
 
     def routing_summary(self, x: torch.Tensor, state: WDALayerState | None = None) -> torch.Tensor:
-        """The context summary each position routes on: ``[B, S, D]`` (prefix) or ``[B|1, 1, D]``."""
-        if self.routing == "static":
-            return self.static_summary.view(1, 1, -1).to(x.dtype)
+        """The context summary each position routes on: ``[B, S, D]`` (prefix) or ``[B, 1, D]`` (pooled)."""
         if self.routing == "pooled":
             return x.mean(dim=1, keepdim=True)
         offset = state.length if state is not None else 0
@@ -158,20 +161,33 @@ class WaveDensityAttention(nn.Module):
         coeffs = torch.einsum("bthg,hrg->bthr", hidden, self.scale_out_weight) + self.scale_out_bias
         return scale_weights(weights, coeffs, self.mod_basis).transpose(1, 2)
 
+    def routing_weights(self, x: torch.Tensor, state: WDALayerState | None = None) -> torch.Tensor:
+        """Mask weights for the positions of ``x``: ``[B, H, S, M]`` (prefix), ``[B, H, 1, M]`` (pooled),
+        ``[1, H, 1, M]`` (static, the same for every context)."""
+        if self.routing == "static":
+            weights = gate_weights(self.static_logits, self.gate_temp, self.topk, self.gate)[None, None]
+            return scale_weights(weights, self.static_scale[None, None], self.mod_basis).transpose(1, 2)
+        return self.mask_weights(self.routing_summary(x, state))
+
     def density_fn(self, dtype: torch.dtype, device):
         window = gaussian_window(self.seq_len, device=device).to(dtype)
         return functools.partial(
             density, window=window, attn_alpha=self.attn_alpha, stochastic=self.training, **self.sampling
         )
 
-    def pick_path(self, seq: int, per_sequence: bool) -> str:
+    def pick_path(self, rows: int, per_sequence: bool) -> str:
+        """The Toeplitz path for ``rows`` new positions; ``per_sequence``: one kernel serves them all."""
         path = self.toeplitz_path
+        if not per_sequence and path == "fft":
+            path = "auto"  # a cached continuation has per-row kernels even under static routing
+        # A stochastic step density has exact zeros; the normaliser o[0] can then be 0 and amplify FFT
+        # round-off without bound, so sampled training passes take the exact paths.
+        if path == "fft" and self.sampling["sampling"] and self.training:
+            path = "auto"
         if path == "auto":
-            if per_sequence:
-                return "dense" if seq <= DENSE_CONV_MAX_LEN else "fft"
-            return "dense" if seq <= DENSE_PER_POSITION_MAX_LEN else "tiled"
-        if path == "fft" and not per_sequence:
-            raise ValueError("toeplitz_path='fft' needs one kernel per sequence (routing 'pooled' or 'static' without a cache)")
+            if per_sequence and not (self.sampling["sampling"] and self.training):
+                return "dense" if rows <= DENSE_CONV_MAX_LEN else "fft"
+            return "dense" if rows <= DENSE_PER_POSITION_MAX_LEN else "tiled"
         return path
 
     def apply_kernels(self, weights: torch.Tensor, u: torch.Tensor, offset: int) -> torch.Tensor:
@@ -209,6 +225,10 @@ class WaveDensityAttention(nn.Module):
             raise ValueError("pooled routing has no incremental state; WDAModel re-runs the window instead")
         b, s, _ = x.shape
         offset = state.length if state is not None else 0
+        if s < 1 or offset + s > self.seq_len:
+            raise ValueError(f"{offset + s} positions (cached {offset} + new {s}) for a layer defined on 1..{self.seq_len}")
+        if state is not None and state.get("u") is not None and state.get("u").shape[0] != b:
+            raise ValueError(f"cache holds batch {state.get('u').shape[0]} but the input has batch {b}")
         dtype = compute_dtype(x.dtype)
 
         v = self.v_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, S, Dh]
@@ -218,7 +238,7 @@ class WaveDensityAttention(nn.Module):
         if state is not None and state.get("u") is not None:
             u = torch.cat([state.get("u"), u], dim=-2)
 
-        weights = self.mask_weights(self.routing_summary(x, state))
+        weights = self.routing_weights(x, state)
         # Kernels, Toeplitz products and the content path run in float32 even under bf16 autocast.
         with torch.autocast(x.device.type, enabled=False):
             o = self.apply_kernels(weights, u, offset)

@@ -3,8 +3,9 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from ..ops.routing import GATE_MODES
+
 ROUTING_MODES = ("prefix", "pooled", "static")
-GATE_MODES = ("topk", "release", "dense")
 MIXERS = ("wda", "softmax")
 TOEPLITZ_PATHS = ("auto", "fft", "dense", "tiled")
 
@@ -95,6 +96,8 @@ class WDAConfig(PreTrainedConfig):
             raise ValueError("toeplitz_path='fft' needs one kernel per sequence; prefix routing has one per position")
         if self.topk_masks > self.num_masks:
             raise ValueError(f"topk_masks={self.topk_masks} exceeds num_masks={self.num_masks}")
+        if self.noise_sigma < 0:
+            raise ValueError(f"noise_sigma={self.noise_sigma} must be >= 0")
         if not 0 <= self.content_mix <= 1:
             raise ValueError(f"content_mix={self.content_mix} must lie in [0, 1]")
         if self.content_mix > 0 and self.content_rank < 1:

@@ -8,6 +8,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils.deprecation import deprecate_kwarg
 
 from ..layers import WDABlock, WDACache, WaveDensityAttention
 from .configuration import WDAConfig
@@ -47,21 +48,44 @@ class WDAModel(WDAPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def _check_inputs(self, attention_mask, offset: int, length: int) -> None:
-        limit = self.config.seq_len
-        if offset + length > limit:
+    def _validate(self, input_ids, inputs_embeds, attention_mask, cache, offset: int) -> None:
+        """Bad inputs fail here, with the problem named, not deep inside torch."""
+        config = self.config
+        if input_ids is not None:
+            if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
+                raise ValueError(f"input_ids must be an integer tensor [batch, seq], got {input_ids.dtype} "
+                                 f"{list(input_ids.shape)}")
+            if input_ids.numel() and bool(((input_ids < 0) | (input_ids >= config.vocab_size)).any()):
+                raise ValueError(f"input_ids hold ids outside the vocabulary [0, {config.vocab_size})")
+        else:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.embed_dim:
+                raise ValueError(f"inputs_embeds must be [batch, seq, {config.embed_dim}], got {list(inputs_embeds.shape)}")
+            if inputs_embeds.dtype != self.pos_emb.dtype:
+                raise ValueError(f"inputs_embeds are {inputs_embeds.dtype} but the model is {self.pos_emb.dtype}")
+        batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        if length < 1:
+            raise ValueError("empty input: need at least one token")
+        if cache is not None and (not isinstance(cache, WDACache) or len(cache.layers) != config.num_layers):
+            raise ValueError(f"cache must be a WDACache with {config.num_layers} layers, got {cache!r}")
+        if offset + length > config.seq_len:
             what = f"{length} tokens" if offset == 0 else f"{offset} cached + {length} new tokens"
             raise ValueError(
-                f"input of {what} exceeds the model's context of seq_len={limit} positions "
-                f"(learned absolute positions and wave masks are defined up to {limit}); shorten the prompt "
-                f"or generate at most {limit} tokens in total"
+                f"input of {what} exceeds the model's context of seq_len={config.seq_len} positions "
+                f"(learned absolute positions and wave masks are defined up to {config.seq_len}); shorten the "
+                f"prompt or generate at most {config.seq_len} tokens in total"
             )
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError(
-                "attention_mask with padding is not supported: WDA uses absolute positions and routes on the "
-                "mean of the prefix, so pad tokens would change the output; batch prompts of equal length"
-            )
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] not in (
+                    length, offset + length):
+                raise ValueError(f"attention_mask must be [batch, seq] = [{batch}, {offset + length}], "
+                                 f"got {list(attention_mask.shape)}")
+            if not bool(attention_mask.all()):
+                raise ValueError(
+                    "attention_mask with padding is not supported: WDA uses absolute positions and routes on the "
+                    "mean of the prefix, so pad tokens would change the output; batch prompts of equal length"
+                )
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -71,20 +95,21 @@ class WDAModel(WDAPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
-        **kwargs,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if use_cache and self.gradient_checkpointing and self.training:
+            use_cache = False  # recomputing a block in backward would advance its cache a second time
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         if use_cache and cache is None:
             cache = WDACache(self.config.num_layers)
-        if cache is not None and not isinstance(cache, WDACache):
-            raise TypeError(f"a WDA model needs a WDACache, got {type(cache).__name__}")
-        offset = cache.get_seq_length() if cache is not None else 0
+        offset = cache.get_seq_length() if isinstance(cache, WDACache) else 0
+        self._validate(input_ids, inputs_embeds, attention_mask, cache, offset)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
         length = inputs_embeds.shape[1]
-        self._check_inputs(attention_mask, offset, length)
         if position_ids is None:
             positions = self.pos_emb[:, offset : offset + length]
         else:
@@ -130,6 +155,7 @@ class WDAForCausalLM(WDAPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.embed_dim, config.vocab_size, bias=False)
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -142,8 +168,14 @@ class WDAForCausalLM(WDAPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         logits_to_keep: int = 0,
         return_dict: bool | None = None,
-        **kwargs,
+        output_attentions: bool | None = None,
+        **loss_kwargs,
     ) -> CausalLMOutputWithPast:
+        if output_attentions:
+            raise ValueError("WDA has no attention matrix to return (output_attentions=True)")
+        unknown = sorted(set(loss_kwargs) - {"num_items_in_batch"})
+        if unknown:
+            raise TypeError(f"WDAForCausalLM.forward got unexpected arguments {unknown}")
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -159,7 +191,7 @@ class WDAForCausalLM(WDAPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
         result = CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )

@@ -70,7 +70,7 @@ def to_release_state_dict(state_dict: dict[str, torch.Tensor], config: WDAConfig
                 heads = tensor.chunk(config.num_heads, 0) if join == "cat" else tensor.unbind(0)
                 out.update({block + pattern.format(h=h): t.contiguous() for h, t in enumerate(heads)})
                 continue
-            if name == "static_summary":
+            if name in ("static_logits", "static_scale"):
                 raise ValueError("routing='static' models have no release format (the release routes on the pooled mean)")
         out[block + name] = tensor
     if config.tie_word_embeddings:
@@ -187,8 +187,11 @@ class WaveCharLM(nn.Module):
     def forward(self, idx: torch.LongTensor) -> torch.Tensor:
         return self.lm(input_ids=idx, use_cache=False).logits
 
-    def state_dict(self, *args, **kwargs):
-        return to_release_state_dict(self.lm.state_dict(*args, **kwargs), self.config)
+    def state_dict(self, destination=None, prefix: str = "", keep_vars: bool = False):
+        release = to_release_state_dict(self.lm.state_dict(keep_vars=keep_vars), self.config)
+        destination = {} if destination is None else destination
+        destination.update({prefix + key: value for key, value in release.items()})
+        return destination
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         if not strict:
