@@ -14,7 +14,7 @@ from wavedensity import WaveCharLM, WDAForCausalLM
 VECTOR_CASES = ["release-tri-content", "release-sin-plain"]
 
 
-def release_logits(model, ids, routing_override=None):
+def release_logits(model, ids):
     with torch.no_grad():
         return model(ids[None], use_cache=False).logits[0].double()
 
