@@ -1,0 +1,15 @@
+"""Data: sources to examples, tokenizers, tokenised corpora, splits, deterministic batches and the
+embedded default corpus. Every bad input raises DataError with a one-line ``FILE[:LINE]: problem``."""
+
+from .corpus import TokenizedCorpus, tokenize_examples
+from .default import default_corpus
+from .errors import DataError
+from .examples import Example, parse_hh, render_chat
+from .sampling import BlockSampler, Mixture, eval_blocks
+from .sources import read_examples
+from .splits import split_train_val
+from .tokenizer import check_tokenizer_fits, load_tokenizer, make_tokenizer, train_bpe_tokenizer, train_char_tokenizer
+
+__all__ = ["BlockSampler", "DataError", "Example", "Mixture", "TokenizedCorpus", "check_tokenizer_fits",
+           "default_corpus", "eval_blocks", "load_tokenizer", "make_tokenizer", "parse_hh", "read_examples",
+           "render_chat", "split_train_val", "tokenize_examples", "train_bpe_tokenizer", "train_char_tokenizer"]

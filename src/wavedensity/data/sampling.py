@@ -1,0 +1,146 @@
+"""Training batches and evaluation windows over a tokenised corpus.
+
+A batch is a pure function of (seed, step): nothing depends on what was drawn before, so a run
+resumed at step k gets exactly the batch an uninterrupted run got at step k.
+"""
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from .corpus import TokenizedCorpus
+from .errors import DataError
+
+IGNORE = -100  # label the loss skips (the ignore_index of torch's cross_entropy)
+MIXTURE_PERIOD = 10_000  # rows per cycle of a mixture's source schedule: ratios hold to 1 / MIXTURE_PERIOD
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed fixed by ``parts`` (seed, epoch, ...): distinct parts give unrelated streams."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "big") >> 1
+
+
+class BlockSampler:
+    """Rows of ``seq_len`` tokens with next-token labels (IGNORE where the loss mask is off).
+
+    Blocks start at multiples of ``seq_len``. When ``seq_len`` does not divide N - 1, one more block
+    ends at the corpus end, and the labels the block before it already predicts are ignored in it, so
+    an epoch predicts every token but the first exactly once. Epoch e visits the blocks in a
+    permutation drawn from (seed, e); row r of the endless stream is block r % n of epoch r // n.
+    """
+
+    def __init__(self, corpus: TokenizedCorpus, seq_len: int, batch_size: int, seed: int = 0):
+        if seq_len < 1 or batch_size < 1:
+            raise DataError(f"seq_len ({seq_len}) and batch_size ({batch_size}) must be at least 1")
+        n = len(corpus)
+        if n < seq_len + 1:
+            raise DataError(f"corpus of {n} tokens is too short for seq_len {seq_len} (needs {seq_len + 1})")
+        self.corpus, self.seq_len, self.batch_size, self.seed = corpus, seq_len, batch_size, seed
+        full = (n - 1) // seq_len
+        self.starts = torch.arange(full) * seq_len  # a tensor: C4-scale corpora have millions of blocks
+        self.repeated = 0  # labels at the head of the last block that the block before it predicts
+        if (n - 1) % seq_len:
+            self.starts = torch.cat([self.starts, torch.tensor([n - 1 - seq_len])])
+            self.repeated = full * seq_len - (n - 1 - seq_len)
+        self._epoch, self._order = -1, None  # the permutation of the epoch last used, cached
+
+    @property
+    def blocks_per_epoch(self) -> int:
+        return len(self.starts)
+
+    def row(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row ``index`` of the endless stream: (input_ids [seq_len], labels [seq_len])."""
+        epoch, position = divmod(index, len(self.starts))
+        block = int(self._permutation(epoch)[position])
+        start = int(self.starts[block])
+        target = slice(start + 1, start + self.seq_len + 1)
+        labels = torch.where(self.corpus.loss_mask[target], self.corpus.ids[target], IGNORE)
+        if block == len(self.starts) - 1:
+            labels[:self.repeated] = IGNORE
+        return self.corpus.ids[start:start + self.seq_len], labels
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids [B, seq_len], labels [B, seq_len]) of training step ``step``."""
+        return _stack([self.row(step * self.batch_size + b) for b in range(self.batch_size)])
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
+            self._epoch, self._order = epoch, torch.randperm(len(self.starts), generator=generator)
+        return self._order
+
+
+class Mixture:
+    """Batches mixing several corpora, each row's source drawn in proportion to the ratios.
+
+    Sources follow a fixed schedule of MIXTURE_PERIOD slots (exact counts by the ratios, shuffled by
+    the seed) repeated forever; each source reads its own BlockSampler stream in order, its row index
+    computed from the slot, so ``batch(step)`` stays a pure function of (seed, step).
+    """
+
+    def __init__(self, sources: Sequence[tuple[TokenizedCorpus, float]], seq_len: int, batch_size: int,
+                 seed: int = 0):
+        if not sources:
+            raise DataError("mixture has no sources")
+        ratios = [float(ratio) for _, ratio in sources]
+        if not all(math.isfinite(r) and r > 0 for r in ratios):
+            raise DataError(f"mixture ratios {ratios} must all be positive numbers")
+        counts = _apportion(ratios, MIXTURE_PERIOD)
+        if 0 in counts:
+            raise DataError(f"mixture ratios {ratios}: each share must be at least 1/{MIXTURE_PERIOD} of the total")
+        self.batch_size = batch_size
+        self.samplers = [BlockSampler(corpus, seq_len, batch_size, derive_seed(seed, "source", i))
+                         for i, (corpus, _) in enumerate(sources)]
+        self.counts = counts
+        slots = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+        generator = torch.Generator().manual_seed(derive_seed(seed, "schedule"))
+        self.schedule = slots[torch.randperm(MIXTURE_PERIOD, generator=generator)]
+        # rank[j]: how many earlier slots of the period hold the same source as slot j.
+        one_hot = torch.nn.functional.one_hot(self.schedule, len(counts))
+        self.rank = (torch.cumsum(one_hot, 0) - one_hot).gather(1, self.schedule[:, None]).squeeze(1)
+
+    def sources(self, step: int) -> torch.Tensor:
+        """Index of the source of each row of ``batch(step)``: LongTensor[B]."""
+        rows = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)
+        return self.schedule[rows % MIXTURE_PERIOD]
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = []
+        for row in range(step * self.batch_size, (step + 1) * self.batch_size):
+            cycle, slot = divmod(row, MIXTURE_PERIOD)
+            source = int(self.schedule[slot])
+            rows.append(self.samplers[source].row(cycle * self.counts[source] + int(self.rank[slot])))
+        return _stack(rows)
+
+
+def eval_blocks(corpus: TokenizedCorpus, seq_len: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Non-overlapping windows (input_ids [n], labels [n], label_bytes [n]), n <= seq_len, that together
+    predict every token but the first exactly once. ``label_bytes`` is 0 where the label is ignored, so
+    bits per byte = sum of nats / (ln 2 * sum of label_bytes)."""
+    if seq_len < 1:
+        raise DataError(f"seq_len ({seq_len}) must be at least 1")
+    n = len(corpus)
+    if n < 2:
+        raise DataError(f"corpus of {n} tokens has nothing to predict")
+    for start in range(0, n - 1, seq_len):
+        end = min(start + seq_len, n - 1)
+        target = slice(start + 1, end + 1)
+        keep = corpus.loss_mask[target]
+        yield (corpus.ids[start:end], torch.where(keep, corpus.ids[target], IGNORE),
+               torch.where(keep, corpus.token_bytes[target], 0))
+
+
+def _apportion(ratios: list[float], total: int) -> list[int]:
+    """Integer counts summing to ``total`` in proportion to ``ratios`` (largest remainders)."""
+    shares = [r / sum(ratios) * total for r in ratios]
+    counts = [math.floor(s) for s in shares]
+    by_remainder = sorted(range(len(shares)), key=lambda i: counts[i] - shares[i])
+    for i in by_remainder[:total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _stack(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([inputs for inputs, _ in rows]), torch.stack([labels for _, labels in rows])
