@@ -1,5 +1,7 @@
 """The ``wda`` command run in-process: demo, inspect kernels, info, convert-release, errors; and viz checks."""
 
+import contextlib
+import io
 import json
 import shutil
 import warnings
@@ -7,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from wavedensity import WDAForCausalLM, preset_config
 from wavedensity.cli import main
@@ -27,10 +30,18 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
+def demo_run(tmp_path_factory):
+    """The main job, shortened: the tiny preset for 6 steps on the embedded corpus."""
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out)]) == 0
-    return out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--out", str(out), "--config", "tiny", "--steps", "6"]) == 0
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo_dir(demo_run):
+    return demo_run[0]
 
 
 def release_dir():
@@ -55,51 +66,40 @@ def error_of(capsys, argv) -> str:
 # ---- demo, inspect, info ---------------------------------------------------------------------------
 
 
-def test_demo_writes_picture_and_model(demo_dir, capsys):
-    assert_png(demo_dir / "kernels.png")
-    model = WDAForCausalLM.from_pretrained(demo_dir / "model")
-    assert model.config.routing == "prefix" and model.config.vocab_size == 256
-
-
-def test_demo_output(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "positions 0..10 = 0.00e+00 (causal;" in out
-    assert "cached decoding matches full recomputation: yes" in out
-    assert "training on the embedded corpus arrives with the training feature" in out
+def test_demo_trains_evaluates_samples_and_plots(demo_run):
+    out, printed = demo_run
+    assert_png(out / "kernels.png")
+    assert_png(out / "curves.png")
+    model = WDAForCausalLM.from_pretrained(out / "final")
+    tokenizer = AutoTokenizer.from_pretrained(out / "final")
+    assert model.config.routing == "prefix" and model.config.vocab_size == len(tokenizer)
+    assert "held-out plays: loss" in printed and "bits/byte" in printed
+    assert "moves logits at 0..10 by 0.0e+00" in printed
+    assert printed.count("--- sample") == 2
 
 
 def test_inspect_kernels_on_demo_model(demo_dir, tmp_path):
     png = tmp_path / "sub" / "fig.png"
-    argv = ["inspect", "kernels", "--model", str(demo_dir / "model"), "--out", str(png), "--layer", "1", "--head", "1"]
-    assert main(argv + ["--prompt-ids", "72,105,33"]) == 0
+    argv = ["inspect", "kernels", "--model", str(demo_dir / "final"), "--out", str(png), "--layer", "1", "--head", "1"]
+    assert main(argv + ["--prompt-ids", "12,35,3"]) == 0
     assert_png(png)
     png.unlink()
     assert main(argv) == 0  # default prompt
     assert_png(png)
 
 
-def test_inspect_prompt_text_with_tokenizer(demo_dir, tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
-    from transformers import PreTrainedTokenizerFast
-
-    model_dir = tmp_path / "model"
-    shutil.copytree(demo_dir / "model", model_dir)
-    vocab = {"[UNK]": 0, **{chr(i): i for i in range(32, 127)}}
-    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = tokenizers.pre_tokenizers.Split(pattern="", behavior="isolated")
-    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(model_dir)
+def test_inspect_prompt_text_with_the_saved_tokenizer(demo_dir, tmp_path):
     png = tmp_path / "fig.png"
-    assert main(["inspect", "kernels", "--model", str(model_dir), "--out", str(png), "--prompt", "Hello"]) == 0
+    assert main(["inspect", "kernels", "--model", str(demo_dir / "final"), "--out", str(png), "--prompt", "Hello"]) == 0
     assert_png(png)
 
 
 def test_info(demo_dir, capsys):
-    assert main(["info", "--model", str(demo_dir / "model")]) == 0
+    assert main(["info", "--model", str(demo_dir / "final")]) == 0
     out = capsys.readouterr().out
     assert "routing          prefix" in out and "gate             topk" in out
     assert "seq_len          64" in out
-    model = WDAForCausalLM.from_pretrained(demo_dir / "model")
+    model = WDAForCausalLM.from_pretrained(demo_dir / "final")
     assert f"parameters       {sum(p.numel() for p in model.parameters()):,}" in out
     assert "wave parameters  512 " in out  # 2 layers x 2 heads x 8 masks x 4 waves x (2 + 1 + 1)
 
@@ -148,7 +148,7 @@ def test_missing_model_dir(tmp_path, capsys):
 
 def test_bad_model_files(tmp_path, demo_dir, capsys):
     broken = tmp_path / "broken"
-    shutil.copytree(demo_dir / "model", broken)
+    shutil.copytree(demo_dir / "final", broken)
     config = json.loads((broken / "config.json").read_text())
     (broken / "config.json").write_text(json.dumps({**config, "num_layers": 3}))  # weights for 2 layers only
     assert "missing keys (e.g. model.layers.2." in error_of(capsys, ["info", "--model", str(broken)])
@@ -167,12 +167,18 @@ def test_release_dir_without_flag_is_refused(capsys):
 
 
 def test_inspect_errors(demo_dir, tmp_path, capsys):
-    base = ["inspect", "kernels", "--model", str(demo_dir / "model"), "--out", str(tmp_path / "x.png")]
-    assert "--prompt-ids" in error_of(capsys, base + ["--prompt", "hi"])  # no tokenizer saved
+    bare = tmp_path / "bare"  # the model without its tokenizer
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(demo_dir / "final" / name, bare / name)
+    no_tokenizer = ["inspect", "kernels", "--model", str(bare), "--out", str(tmp_path / "x.png")]
+    assert "--prompt-ids" in error_of(capsys, no_tokenizer + ["--prompt", "hi"])
+    base = ["inspect", "kernels", "--model", str(demo_dir / "final"), "--out", str(tmp_path / "x.png")]
+    vocab = json.loads((demo_dir / "final" / "config.json").read_text())["vocab_size"]
     assert "layer 5 is out of range" in error_of(capsys, base + ["--layer", "5"])
     assert "head 2 is out of range" in error_of(capsys, base + ["--head", "2"])
     assert "more than the model's seq_len=64" in error_of(capsys, base + ["--prompt-ids", ",".join(["1"] * 65)])
-    assert "must lie in [0, 256)" in error_of(capsys, base + ["--prompt-ids", "1,256"])
+    assert f"must lie in [0, {vocab})" in error_of(capsys, base + ["--prompt-ids", f"1,{vocab}"])
     assert "comma-separated" in error_of(capsys, base + ["--prompt-ids", "a,b"])
     assert not (tmp_path / "x.png").exists()
 

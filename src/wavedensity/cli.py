@@ -7,6 +7,7 @@ the exit code argparse uses for usage errors; argparse's own usage errors raise 
 
 import argparse
 import contextlib
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -14,7 +15,6 @@ from pathlib import Path
 import torch
 
 DEFAULT_PROMPT_TEXT = "The quick brown fox jumps over the lazy dog."
-DEMO_PROMPT = b"Once upon a time"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
@@ -37,18 +37,6 @@ def quiet_transformers():
         logging.set_verbosity(verbosity)
         if bars:
             logging.enable_progress_bar()
-
-
-@contextlib.contextmanager
-def single_thread():
-    """One intra-op thread for tiny models: they gain nothing from more, and on a busy machine
-    OpenMP's spinning threads make each small op up to ~50x slower (measured on 2 shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def one_line(err: BaseException) -> str:
@@ -112,17 +100,18 @@ def parse_ids(text: str) -> list[int]:
 
 
 def default_prompt(config) -> list[int]:
-    """The UTF-8 bytes of DEFAULT_PROMPT_TEXT (mod vocab_size, clipped to seq_len): text to a byte model."""
+    """Without a tokenizer: the UTF-8 bytes of DEFAULT_PROMPT_TEXT (mod vocab_size, clipped to seq_len)."""
     return [b % config.vocab_size for b in DEFAULT_PROMPT_TEXT.encode()][: config.seq_len]
 
 
 def prompt_ids(args, model) -> list[int]:
     if args.prompt_ids is not None:
         return parse_ids(args.prompt_ids)
-    if args.prompt is None:
-        return default_prompt(model.config)
     path = Path(args.model)
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+    has_tokenizer = any((path / name).is_file() for name in TOKENIZER_FILES)
+    if args.prompt is None and not has_tokenizer:
+        return default_prompt(model.config)
+    if not has_tokenizer:
         raise CLIError(f"--prompt needs a tokenizer saved in {path} and there is none; "
                        "pass token ids with --prompt-ids")
     from transformers import AutoTokenizer
@@ -133,7 +122,7 @@ def prompt_ids(args, model) -> list[int]:
     except Exception as err:
         raise CLIError(f"cannot load the tokenizer in {path} ({one_line(err)}); "
                        "pass token ids with --prompt-ids") from err
-    return list(tokenizer(args.prompt).input_ids)
+    return list(tokenizer(args.prompt or DEFAULT_PROMPT_TEXT).input_ids)[: model.config.seq_len]
 
 
 # ---- commands ------------------------------------------------------------------------------------
@@ -212,45 +201,124 @@ def causality_gap(model, length: int, cut: int) -> tuple[float, float]:
     return diff[:, : cut + 1].max().item(), diff[:, cut + 1 :].max().item()
 
 
+def cmd_train(args) -> int:
+    from .train import TrainConfig, preset_train_config, train
+
+    config = TrainConfig.from_file(args.config) if args.config else preset_train_config(args.preset)
+    overrides = {"steps": args.steps, "seed": args.seed, "save_every": args.save_every, "tokenizer": args.tokenizer}
+    values = {**config.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
+    if args.data:
+        values["data"] = args.data
+    if args.val_data:
+        values["val_data"] = args.val_data
+    if args.model_preset:
+        values["preset"] = args.model_preset
+    values["model"] = {**values["model"], **{k: v for k, v in (("mixer", args.mixer), ("routing", args.routing)) if v}}
+    config = TrainConfig.from_dict(values, where="wda train")
+    result = train(config, args.out, resume=args.resume)
+    print(f"done: {args.out}/final (val loss {result.get('loss', float('nan')):.4f}, "
+          f"{result.get('bits_per_byte', float('nan')):.3f} bits/byte); curves in {args.out}/curves.png")
+    return 0
+
+
+def evaluation_report(model_dir: str, data: str, max_windows: int | None) -> dict:
+    """Loss, perplexity and bits per byte of a saved model on DATA; pooled models get both numbers."""
+    from .data import eval_blocks, read_examples, tokenize_examples
+    from .eval import evaluate
+    from .generation import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(model_dir)
+    corpus = tokenize_examples(list(read_examples(data)), tokenizer)
+    windows = list(eval_blocks(corpus, model.config.seq_len))
+    report = {"model": model_dir, "data": data, "routing": model.config.routing, "mixer": model.config.mixer}
+    causal = model.config.mixer == "softmax" or model.config.routing != "pooled"
+    if causal:
+        report["causal"] = evaluate(model, windows, max_windows=max_windows)
+    else:
+        report["teacher_forced_not_causal"] = evaluate(model, windows, max_windows=max_windows)
+        report["per_prefix_honest"] = evaluate(model, windows, per_prefix=True, max_windows=max_windows)
+    return report
+
+
+def cmd_eval(args) -> int:
+    report = evaluation_report(args.model, args.data, args.max_windows)
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    print(f"{args.model} on {args.data} ({report['mixer']}, routing={report['routing']})")
+    for label, numbers in report.items():
+        if isinstance(numbers, dict):
+            print(f"  {label:<26} loss {numbers['loss']:.4f}  ppl {numbers['perplexity']:.2f}  "
+                  f"{numbers['bits_per_byte']:.4f} bits/byte  ({numbers['tokens']:,} tokens, {numbers['bytes']:,} bytes)")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .generation import complete, load_model_and_tokenizer, sampling_kwargs
+
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    sampling = sampling_kwargs(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+    print(args.prompt, end="", flush=True)
+    complete(model, tokenizer, args.prompt, args.max_new_tokens, stream=True, seed=args.seed, **sampling)
+    print()
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from .generation import chat_prompt, complete, load_model_and_tokenizer, sampling_kwargs
+
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    sampling = sampling_kwargs(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+    budget = model.config.seq_len - args.max_new_tokens
+    turns: list[tuple[str, str]] = []
+    print(f"chatting with {args.model} (context {model.config.seq_len} tokens; empty line or Ctrl-D ends)")
+    while True:
+        try:
+            message = input("User: ").strip()
+        except EOFError:
+            break
+        if not message:
+            break
+        prompt = chat_prompt(turns, message, tokenizer, budget)
+        print("Assistant:", end="", flush=True)
+        reply = complete(model, tokenizer, prompt, args.max_new_tokens, stream=True, seed=args.seed,
+                         stop_strings=["\nUser:"], **sampling)
+        reply = reply.split("\nUser:")[0].strip()
+        turns.append((message, reply))
+        print()
+    return 0
+
+
 def cmd_demo(args) -> int:
-    with single_thread():
-        return run_demo(Path(args.out))
-
-
-def run_demo(out: Path) -> int:
-    from . import WDAForCausalLM, preset_config
+    """The main job: train the CPU preset on the embedded corpus, evaluate, sample, plot."""
+    from .generation import complete, load_model_and_tokenizer, sampling_kwargs
+    from .train import TrainConfig, preset_train_config, train
     from .viz import plot_kernels
 
-    with torch.random.fork_rng(devices=[]):  # seed 0 without changing the caller's random state
-        torch.manual_seed(0)
-        model = WDAForCausalLM(preset_config("cpu-tiny")).eval()
-    c = model.config
-    print(f"demo: untrained cpu-tiny WDA model (seed 0): {parameter_count(model):,} parameters, "
-          f"{wave_parameter_count(model):,} of them wave parameters")
-    print(f"  routing={c.routing}, gate={c.gate} (top-{c.topk_masks} of {c.num_masks} masks), "
-          f"{c.num_layers} layers x {c.num_heads} heads, seq_len={c.seq_len}, byte vocabulary ({c.vocab_size})")
-
-    length = min(32, c.seq_len)
-    gap, later = causality_gap(model, length=length, cut=10)
-    causal = gap <= 1e-6
-    print(f"causality check: tokens after position 10 changed -> max |logit change| at positions 0..10 = {gap:.2e} "
-          f"({'causal' if causal else 'NOT CAUSAL'}; at positions 11..{length - 1}: {later:.2e})")
-
-    prompt = torch.tensor([list(DEMO_PROMPT)])
-    with torch.no_grad():
-        generated = model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=True)
-        recomputed = model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=False)
-    new = generated[0, prompt.shape[1] :].tolist()
-    print(f"greedy generation with the cache from {DEMO_PROMPT.decode()!r}: {new}")
-    print(f"  as bytes: {bytes(new).decode('utf-8', errors='replace')!r} (untrained, so noise)")
-    same = torch.equal(generated, recomputed)
-    print(f"  cached decoding matches full recomputation: {'yes' if same else 'NO'}")
-
-    picture = plot_kernels(model, prompt[0], layer=0, head=0, out_path=out / "kernels.png")
-    model.save_pretrained(out / "model")
-    print(f"wrote {picture} and {out / 'model'} (try: wda info --model {out / 'model'})")
-    print("note: training on the embedded corpus arrives with the training feature; this demo runs an untrained model.")
-    return 0 if causal and same else 1
+    out = Path(args.out)
+    config = preset_train_config(args.config)
+    values = {**config.to_dict(), "data": ["embedded"]}
+    if args.steps is not None:
+        values["steps"] = args.steps
+    config = TrainConfig.from_dict(values, where="wda demo")
+    print(f"demo: training preset {config.preset} ({config.model or 'defaults'}) on the embedded corpus "
+          f"(Shakespeare's plays, held-out plays for validation), {config.steps} steps, seed {config.seed}")
+    result = train(config, out, resume=args.resume)
+    model, tokenizer = load_model_and_tokenizer(out / "final")
+    gap, later = causality_gap(model, length=min(32, model.config.seq_len), cut=10)
+    print(f"held-out plays: loss {result['loss']:.4f} nats/char, perplexity {result['perplexity']:.2f}, "
+          f"{result['bits_per_byte']:.3f} bits/byte ({result['tokens']:,} characters; "
+          f"routing={model.config.routing}, seed {config.seed})")
+    print(f"causality check: changing tokens after position 10 moves logits at 0..10 by {gap:.1e} (after: {later:.1e})")
+    for prompt in ("ROMEO:\n", "KING HENRY:\nWhat "):
+        room = model.config.seq_len - len(tokenizer(prompt).input_ids)
+        text = complete(model, tokenizer, prompt, min(200, room), seed=config.seed, **sampling_kwargs(0.8, 40, 1.0, 1.0))
+        print(f"--- sample (temperature 0.8, top-k 40) ---\n{prompt}{text}")
+    ids = tokenizer("ROMEO:\nBut soft, what light", return_tensors="pt").input_ids[0]
+    picture = plot_kernels(model, ids, layer=0, head=0, out_path=out / "kernels.png")
+    print(f"wrote {out / 'curves.png'} (loss curves), {picture} (wave kernels), model in {out / 'final'}")
+    print(f"next: wda generate --model {out / 'final'} --prompt 'JULIET:' --max-new-tokens 100")
+    return 0 if gap == 0 else 1
 
 
 # ---- argument parsing ----------------------------------------------------------------------------
@@ -278,9 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     prompt = kernels.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", metavar="TEXT", help="prompt text, tokenized by the tokenizer saved in DIR")
     prompt.add_argument("--prompt-ids", metavar="IDS", help="prompt token ids, comma-separated (e.g. 1,2,3)")
-    kernels.epilog = (f"Without --prompt/--prompt-ids the prompt is the UTF-8 bytes of {DEFAULT_PROMPT_TEXT!r} "
-                      "(each id taken mod vocab_size, clipped to seq_len): readable text for a byte-level model, "
-                      "arbitrary but fixed ids for any other.")
+    kernels.epilog = (f"Without --prompt/--prompt-ids the prompt is {DEFAULT_PROMPT_TEXT!r}, tokenized by the "
+                      "tokenizer saved in DIR, or without one its UTF-8 bytes (each id taken mod vocab_size), "
+                      "clipped to seq_len.")
     kernels.set_defaults(run=cmd_inspect_kernels)
 
     convert = commands.add_parser("convert-release", help="convert a released checkpoint to Hugging Face format")
@@ -293,12 +361,57 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=cmd_info)
 
     demo = commands.add_parser(
-        "demo", help="build a tiny model, self-check it, generate, plot (a few seconds on CPU)",
-        description="Placeholder main job until training lands: builds an untrained cpu-tiny model (seed 0), checks "
-                    "causality and cached decoding, generates 20 bytes greedily, writes OUT/kernels.png and saves "
-                    "the model to OUT/model. Exits 1 if a self-check fails.")
-    demo.add_argument("--out", default="runs/demo", metavar="DIR", help="output directory (default runs/demo)")
+        "demo", help="the main job: train on the embedded corpus, evaluate, sample, plot (minutes on CPU)",
+        description="Trains the CPU preset (configs/demo.json) on Shakespeare's plays shipped in data/, evaluates "
+                    "it on held-out plays, prints samples and writes OUT/curves.png and OUT/kernels.png.")
+    demo.add_argument("--out", default="runs/demo", metavar="DIR", help="run directory (default runs/demo)")
+    demo.add_argument("--config", default="demo", metavar="PRESET", help="training preset in configs/ (default demo)")
+    demo.add_argument("--steps", type=int, help="override the number of training steps")
+    demo.add_argument("--resume", action="store_true", help="continue the run in OUT")
     demo.set_defaults(run=cmd_demo)
+
+    train_p = commands.add_parser("train", help="train a model from scratch (or resume)")
+    train_p.add_argument("--data", action="append", metavar="PATH",
+                         help="training data: file, folder, JSONL, hf:NAME[:SUBSET]:SPLIT, or 'embedded' (repeatable)")
+    train_p.add_argument("--val-data", action="append", metavar="PATH", help="validation data (default: held out)")
+    train_p.add_argument("--out", required=True, metavar="DIR", help="run directory")
+    source = train_p.add_mutually_exclusive_group()
+    source.add_argument("--preset", default="cpu-char", metavar="NAME", help="training preset in configs/")
+    source.add_argument("--config", metavar="FILE", help="training config JSON")
+    train_p.add_argument("--steps", type=int)
+    train_p.add_argument("--seed", type=int)
+    train_p.add_argument("--save-every", type=int)
+    train_p.add_argument("--tokenizer", metavar="KIND", help="char, bpe:N, or a tokenizer path / hub name")
+    train_p.add_argument("--model-preset", metavar="NAME", help="model preset (cpu-tiny, cpu-small, wda-130m)")
+    train_p.add_argument("--mixer", choices=["wda", "softmax"])
+    train_p.add_argument("--routing", choices=["prefix", "static", "pooled"])
+    train_p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train_p.set_defaults(run=cmd_train)
+
+    eval_p = commands.add_parser("eval", help="loss, perplexity and bits per byte of a model on data")
+    eval_p.add_argument("--model", required=True, metavar="DIR")
+    eval_p.add_argument("--data", required=True, metavar="PATH")
+    eval_p.add_argument("--max-windows", type=int, help="evaluate at most this many context windows")
+    eval_p.add_argument("--json", action="store_true", help="print JSON")
+    eval_p.set_defaults(run=cmd_eval)
+
+    def sampling_args(p):
+        p.add_argument("--model", required=True, metavar="DIR")
+        p.add_argument("--max-new-tokens", type=int, default=100)
+        p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
+        p.add_argument("--top-k", type=int, default=40)
+        p.add_argument("--top-p", type=float, default=1.0)
+        p.add_argument("--repetition-penalty", type=float, default=1.0)
+        p.add_argument("--seed", type=int, default=0)
+
+    generate = commands.add_parser("generate", help="continue a prompt, streamed to the terminal")
+    sampling_args(generate)
+    generate.add_argument("--prompt", required=True)
+    generate.set_defaults(run=cmd_generate)
+
+    chat = commands.add_parser("chat", help="multi-turn chat in the training format (User: / Assistant:)")
+    sampling_args(chat)
+    chat.set_defaults(run=cmd_chat)
     return parser
 
 
@@ -313,7 +426,7 @@ def main(argv=None) -> int:
         with quiet_transformers(), warnings.catch_warnings():  # catch_warnings restores showwarning
             warnings.showwarning = show_warning
             return args.run(args)
-    except (CLIError, OSError) as err:  # OSError: an output path that cannot be written, a full disk
+    except (CLIError, OSError, ValueError) as err:  # bad data, configs, runs (all ValueError subclasses), disks
         print(f"wda: error: {one_line(err)}", file=sys.stderr)
         return 2
 

