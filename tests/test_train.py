@@ -165,3 +165,15 @@ def test_train_then_eval_then_generate_then_chat(tmp_path, corpus, capsys, monke
     monkeypatch.setattr("builtins.input", lambda prompt="": next(replies))
     assert main(["chat", "--model", str(run / "final"), "--max-new-tokens", "10"]) == 0
     assert "Assistant:" in capsys.readouterr().out
+
+
+def test_eval_of_a_pooled_model_labels_both_numbers(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(corpus), "--out", str(run), "--preset", "tiny", "--steps", "3", "--routing", "pooled"]
+    assert quiet(main, argv) == 0
+    capsys.readouterr()
+    assert main(["eval", "--model", str(run / "final"), "--data", str(corpus), "--max-windows", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["routing"] == "pooled" and "causal" not in report
+    leaky, honest = report["teacher_forced_not_causal"], report["per_prefix_honest"]
+    assert leaky["tokens"] == honest["tokens"] and leaky["loss"] != honest["loss"]
