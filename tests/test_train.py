@@ -152,6 +152,7 @@ def test_train_then_eval_then_generate_then_chat(tmp_path, corpus, capsys, monke
     argv = ["train", "--data", str(corpus), "--out", str(run), "--preset", "tiny", "--steps", "30"]
     assert quiet(main, argv) == 0
     assert (run / "curves.png").is_file() and (run / "final" / "tokenizer.json").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     capsys.readouterr()
     assert main(["eval", "--model", str(run / "final"), "--data", str(corpus), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
