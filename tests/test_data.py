@@ -119,23 +119,23 @@ CHAT_TEXT = "System: Be brief.\nUser: Hi\nAssistant: Hello!\nUser: Bye\nAssistan
 def test_chat_loss_mask_hand_checked():
     example = render_chat(CHAT)
     assert example.text == CHAT_TEXT
-    # Counted by hand: "System: Be brief.\n" is 18 characters, "User: Hi\n" 9 (to 27), "Assistant: " 11,
-    # so "Hello!\n" is 38..45; "User: Bye\n" 10 (to 55), "Assistant: " 11, so "Bye.\n" is 66..71.
-    assert example.loss_spans == [(38, 45), (66, 71)]
-    assert [example.text[a:b] for a, b in example.loss_spans] == ["Hello!\n", "Bye.\n"]
+    # Counted by hand: "System: Be brief.\n" is 18 characters, "User: Hi\n" 9 (to 27), "Assistant:" 10,
+    # so " Hello!\n" is 37..45; "User: Bye\n" 10 (to 55), "Assistant:" 10, so " Bye.\n" is 65..71.
+    assert example.loss_spans == [(37, 45), (65, 71)]
+    assert [example.text[a:b] for a, b in example.loss_spans] == [" Hello!\n", " Bye.\n"]
     assert render_chat(CHAT, assistant_only=False) == Example(CHAT_TEXT, None)
 
-    # Character level: exactly the 12 characters "Hello!\n" and "Bye.\n" carry loss, plus the eos that
+    # Character level: exactly the 14 characters " Hello!\n" and " Bye.\n" carry loss, plus the eos that
     # follows the final reply (the model learns to stop); no role prefix, system or user character does.
     tokenizer = train_char_tokenizer([CHAT_TEXT])
     corpus = tokenize_examples([example], tokenizer)
     assert len(corpus) == len(CHAT_TEXT) + 1
     mask = corpus.loss_mask.tolist()
-    assert "".join(c for c, m in zip(CHAT_TEXT, mask) if m) == "Hello!\nBye.\n"
+    assert "".join(c for c, m in zip(CHAT_TEXT, mask) if m) == " Hello!\n Bye.\n"
     assert mask[-1] and int(corpus.ids[-1]) == tokenizer.eos_token_id
     # The labels of training: next tokens, IGNORE exactly where the predicted token carries no loss.
     inputs, labels, _ = next(eval_blocks(corpus, len(corpus)))
-    assert tokenizer.decode([t for t in labels.tolist() if t != IGNORE]) == "Hello!\nBye.\n" + tokenizer.eos_token
+    assert tokenizer.decode([t for t in labels.tolist() if t != IGNORE]) == " Hello!\n Bye.\n" + tokenizer.eos_token
     # A conversation ending with the user: its eos carries no loss.
     assert not tokenize_examples([render_chat(CHAT[:4])], tokenizer).loss_mask[-1]
 
@@ -173,8 +173,8 @@ def test_hh_parsing_on_a_real_row(shared_data):
     assert len(examples) == n_rows  # no row skipped
     (start, end), = examples[0].loss_spans
     assert examples[0].text.startswith("User: Do you know why turkeys")
-    assert examples[0].text[start:end] == turns[1]["content"] + "\n"
-    assert examples[0].text[start - len("Assistant: "):start] == "Assistant: "
+    assert examples[0].text[start:end] == " " + turns[1]["content"] + "\n"
+    assert examples[0].text[start - len("Assistant:"):start] == "Assistant:"
 
 
 def test_gsm8k_rows_become_a_user_assistant_pair(shared_data):
@@ -214,7 +214,7 @@ def test_streaming_through_datasets_on_local_messages_rows(tmp_path):
     ]) + "\n")
     streamed = list(read_examples(f"hf:json:{path}:train"))
     assert streamed == list(read_examples(path))
-    assert streamed[0] == Example("User: What is 2+2?\nAssistant: 4.\n", [(30, 33)])
+    assert streamed[0] == Example("User: What is 2+2?\nAssistant: 4.\n", [(29, 33)])
     assert list(read_examples(f"hf:json:{path}", assistant_only=False))[0].loss_spans is None
 
 
@@ -234,7 +234,7 @@ def test_hub_specs_call_load_dataset_streaming(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     assert list(read_examples("hf:allenai/c4:en:train")) == [Example("A web page.", None)]
     assert list(read_examples("hf:HuggingFaceH4/ultrachat_200k:train_sft")) == [
-        Example("User: Hi\nAssistant: Hello.\n", [(20, 27)])]
+        Example("User: Hi\nAssistant: Hello.\n", [(19, 27)])]
     assert calls == [("allenai/c4", "en", "train", None, True),
                      ("HuggingFaceH4/ultrachat_200k", None, "train_sft", None, True)]
 
@@ -331,7 +331,7 @@ def test_tail_split_cuts_the_concatenated_text():
     # The chat straddles the cut: its loss spans are clipped and shifted, covering the same characters.
     chat_train, chat_val = train[1], val[0]
     kept = "".join(c.text[a:b] for c in (chat_train, chat_val) for a, b in c.loss_spans)
-    assert kept == "Hello!\nBye.\n"
+    assert kept == " Hello!\n Bye.\n"
     raises_one_line(lambda: split_train_val(docs, 0.1, "random"), "unknown split mode 'random'")
     raises_one_line(lambda: split_train_val(docs, 1.0, "tail"), "val_fraction 1.0")
 

@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,7 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
 
+import wavedensity
 from wavedensity import WDAForCausalLM
 from wavedensity.cli import main
 from wavedensity.train import TrainConfig, latest_checkpoint, preset_train_config, train
@@ -178,3 +181,73 @@ def test_eval_of_a_pooled_model_labels_both_numbers(tmp_path, corpus, capsys):
     assert report["routing"] == "pooled" and "causal" not in report
     leaky, honest = report["teacher_forced_not_causal"], report["per_prefix_honest"]
     assert leaky["tokens"] == honest["tokens"] and leaky["loss"] != honest["loss"]
+
+
+def test_resume_keeps_the_runs_settings(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    assert quiet(main, ["train", "--data", str(corpus), "--out", str(run), "--preset", "tiny", "--steps", "8"]) == 0
+    (run / "checkpoints" / "latest.json").write_text(json.dumps({"step": 8, "path": "step-000008"}))
+    # without --steps the run's own 8 steps stand (not a preset's default): nothing left to do
+    assert quiet(main, ["train", "--out", str(run), "--resume"]) == 0
+    assert max(r[0] for r in curve(run)) == 8
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--seed", "5"]) == 2
+    assert "['seed'] differ" in capsys.readouterr().err
+    assert quiet(main, ["train", "--out", str(run), "--resume", "--steps", "10"]) == 0
+    assert max(r[0] for r in curve(run)) == 10
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"max_grad_norm": -1.0}, "max_grad_norm > 0"),
+        ({"lr": "abc"}, "lr must be a number"),
+        ({"batch_size": True}, "batch_size must be an integer"),
+        ({"model": "x"}, "model must be an object"),
+        ({"model": {"foo": 1}}, "unknown keys ['foo']"),
+        ({"data": "/tmp/x.txt"}, "data must be a list"),
+        ({"data": [{"ratio": 1}]}, "a data entry must be"),
+        ({"data": ["hf:allenai/c4:en:train"]}, "set max_examples"),
+        ({"device": "tpu"}, "unknown device"),
+    ],
+)
+def test_more_bad_configs_are_named(tmp_path, corpus, config, message):
+    values = {**preset_train_config("tiny").to_dict(), "data": [str(corpus)], **config}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(TrainConfig.from_dict(values), tmp_path / "run", progress=False)
+
+
+def test_a_failed_start_does_not_block_its_output_folder(tmp_path, corpus):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="empty.txt"):
+        quiet(train, tiny_config(empty), tmp_path / "run", progress=False)
+    quiet(train, tiny_config(corpus, steps=2), tmp_path / "run", progress=False)
+
+
+def test_validation_data_that_repeats_training_data_is_refused(tmp_path, corpus):
+    with pytest.raises(ValueError, match="also appear in the training data"):
+        quiet(train, tiny_config(corpus, val_data=[str(corpus)]), tmp_path / "run", progress=False)
+
+
+def test_learning_rate_schedule_and_decay_groups():
+    from wavedensity.train import lr_at
+
+    config = TrainConfig(steps=50, warmup_steps=5, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, config) == pytest.approx(0.2) and lr_at(4, config) == pytest.approx(1.0)
+    assert lr_at(5, config) == pytest.approx(1.0) and lr_at(49, config) == pytest.approx(0.1)
+    assert all(lr_at(s, config) >= lr_at(s + 1, config) for s in range(5, 49))
+    model = WDAForCausalLM(wavedensity.preset_config("cpu-tiny"))
+    decay, no_decay = make_optimizer(model, config).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "model.layers.0.mixer.gate_out_bias" not in decayed and "model.layers.0.mixer.freqs" not in decayed
+    assert "model.layers.0.mixer.v_proj.weight" in decayed and decay["weight_decay"] > no_decay["weight_decay"] == 0
+
+
+def test_trained_model_stops_at_end_of_text(tmp_path, corpus):
+    run = tmp_path / "run"
+    quiet(train, tiny_config(corpus, steps=2), run, progress=False)
+    model = WDAForCausalLM.from_pretrained(run / "final")
+    tokenizer = AutoTokenizer.from_pretrained(run / "final")
+    assert model.config.eos_token_id == model.generation_config.eos_token_id == tokenizer.eos_token_id

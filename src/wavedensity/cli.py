@@ -1,4 +1,4 @@
-"""The ``wda`` command: inspect kernels, convert release checkpoints, show model info, run the demo.
+"""The ``wda`` command: demo (the main job), train, eval, generate, chat, info, inspect kernels, convert-release.
 
 Every user-facing failure (a model directory that is missing or unreadable, a bad prompt, an
 out-of-range layer) prints one line ``wda: error: ...`` to stderr and makes ``main`` return 2,
@@ -14,12 +14,15 @@ from pathlib import Path
 
 import torch
 
+from .generation import load_model
+
 DEFAULT_PROMPT_TEXT = "The quick brown fox jumps over the lazy dog."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 class CLIError(Exception):
     """An error the user can fix; ``main`` prints its message on one line and returns 2."""
+
 
 
 @contextlib.contextmanager
@@ -41,42 +44,6 @@ def quiet_transformers():
 
 def one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
-
-
-def load_model(directory: str, release: bool = False):
-    """A ``WDAForCausalLM`` from a local directory (HF format, or the release's with ``release``), in eval mode."""
-    from . import WDAForCausalLM
-
-    path = Path(directory)
-    # Checked first: a non-existent path would otherwise be taken for a Hub repo id (and go online).
-    if not path.is_dir():
-        raise CLIError(f"model directory {path} does not exist" if not path.exists() else f"{path} is not a directory")
-    if not (path / "config.json").is_file():
-        raise CLIError(f"{path} has no config.json: not a saved model directory")
-    try:
-        if release:
-            return WDAForCausalLM.from_release(path).eval()
-        # ignore_mismatched_sizes: report wrong shapes in `info` (named below), not as "see the report above".
-        model, info = WDAForCausalLM.from_pretrained(path, output_loading_info=True, ignore_mismatched_sizes=True)
-    except CLIError:
-        raise
-    except Exception as err:  # any failure to read the files is the user's to fix: report it, no traceback
-        raise CLIError(f"cannot load model from {path}: {type(err).__name__}: {one_line(err)}") from err
-    # from_pretrained only warns about absent or foreign weights and leaves them random; refuse instead.
-    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    if problems:
-        summary = "; ".join(f"{len(v)} {k.replace('_', ' ')} (e.g. {describe_key(sorted(v)[0])})"
-                            for k, v in problems.items())
-        raise CLIError(f"weights in {path} do not match its config: {summary}")
-    return model.eval()
-
-
-def describe_key(entry) -> str:
-    """A loading-info entry: a key, or ``(key, shape in the file, shape the config expects)``."""
-    if isinstance(entry, tuple):
-        key, found, expected = entry
-        return f"{key}: {list(found)} in the file, {list(expected)} expected"
-    return str(entry)
 
 
 def wave_parameter_count(model) -> int:
@@ -204,7 +171,11 @@ def causality_gap(model, length: int, cut: int) -> tuple[float, float]:
 def cmd_train(args) -> int:
     from .train import TrainConfig, preset_train_config, train
 
-    config = TrainConfig.from_file(args.config) if args.config else preset_train_config(args.preset)
+    run_config = Path(args.out) / "run.json"
+    if args.resume and run_config.is_file() and not (args.config or args.preset):
+        config = TrainConfig.from_file(run_config)  # resume the run as it was configured
+    else:
+        config = TrainConfig.from_file(args.config) if args.config else preset_train_config(args.preset or "cpu-char")
     overrides = {"steps": args.steps, "seed": args.seed, "save_every": args.save_every, "tokenizer": args.tokenizer}
     values = {**config.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
     if args.data:
@@ -270,6 +241,9 @@ def cmd_chat(args) -> int:
     model, tokenizer = load_model_and_tokenizer(args.model)
     sampling = sampling_kwargs(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     budget = model.config.seq_len - args.max_new_tokens
+    if budget < 8:
+        raise CLIError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in the model's context "
+                       f"of {model.config.seq_len}")
     turns: list[tuple[str, str]] = []
     print(f"chatting with {args.model} (context {model.config.seq_len} tokens; empty line or Ctrl-D ends)")
     while True:
@@ -280,6 +254,9 @@ def cmd_chat(args) -> int:
         if not message:
             break
         prompt = chat_prompt(turns, message, tokenizer, budget)
+        if len(tokenizer(prompt).input_ids) > budget:
+            print(f"(message too long for the context of {model.config.seq_len} tokens; say it shorter)")
+            continue
         print("Assistant:", end="", flush=True)
         reply = complete(model, tokenizer, prompt, args.max_new_tokens, stream=True, seed=args.seed,
                          stop_strings=["\nUser:"], **sampling)
@@ -376,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_p.add_argument("--val-data", action="append", metavar="PATH", help="validation data (default: held out)")
     train_p.add_argument("--out", required=True, metavar="DIR", help="run directory")
     source = train_p.add_mutually_exclusive_group()
-    source.add_argument("--preset", default="cpu-char", metavar="NAME", help="training preset in configs/")
+    source.add_argument("--preset", metavar="NAME", help="training preset in configs/ (default cpu-char; with "
+                        "--resume, the run's own settings)")
     source.add_argument("--config", metavar="FILE", help="training config JSON")
     train_p.add_argument("--steps", type=int)
     train_p.add_argument("--seed", type=int)

@@ -23,8 +23,9 @@ class Example:
 def render_chat(messages: Any, assistant_only: bool = True) -> Example:
     """Render ``[{"role", "content"}, ...]`` as ``User: ...\\nAssistant: ...\\n`` (``System: ...\\n``).
 
-    With ``assistant_only`` the loss covers each assistant reply and its trailing newline (the model
-    learns to answer and to end its turn), never the role prefixes or the other turns.
+    With ``assistant_only`` the loss covers each assistant reply with the space before it and the
+    newline after it (the model learns to answer after ``Assistant:``, which is how chat prompts end,
+    and to end its turn), never the role names or the other turns.
     """
     if not isinstance(messages, list) or not messages:
         raise DataError("'messages' must be a non-empty list of {role, content} objects")
@@ -37,7 +38,7 @@ def render_chat(messages: Any, assistant_only: bool = True) -> Example:
             raise DataError(f"messages[{i}] has unknown role {role!r} (expected system, user or assistant)")
         turn = f"{ROLE_PREFIX[role]}{message['content']}\n"
         if role == "assistant":
-            spans.append((pos + len(ROLE_PREFIX[role]), pos + len(turn)))
+            spans.append((pos + len(ROLE_PREFIX[role]) - 1, pos + len(turn)))  # from the space on
         parts.append(turn)
         pos += len(turn)
     return Example("".join(parts), spans if assistant_only else None)

@@ -13,6 +13,7 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
+from .default import default_corpus
 from .errors import DataError, describe, located
 from .examples import Example, row_to_example
 
@@ -20,7 +21,7 @@ TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 # datasets builders that read local files: hf:BUILDER:PATH[:SPLIT] passes PATH as data_files.
 LOCAL_BUILDERS = ("json", "text", "csv", "parquet")
-SPEC_HELP = ("expected a .txt/.md file or a folder of them, a .jsonl/.jsonl.gz/.json file, "
+SPEC_HELP = ("expected a .txt/.md file or a folder of them, a .jsonl/.jsonl.gz/.json file, embedded[:train|:val], "
              "hf:NAME[:SUBSET]:SPLIT or hf:BUILDER:PATH[:SPLIT]")
 
 
@@ -32,8 +33,12 @@ def read_examples(spec: str | os.PathLike, *, text_field: str = "text",
     other files there are not text sources); a .jsonl/.jsonl.gz file or a .json list of rows, each
     row's format detected by its fields (see ``row_to_example``); ``hf:NAME[:SUBSET]:SPLIT``, a Hugging
     Face dataset streamed from the hub; ``hf:BUILDER:PATH[:SPLIT]``, local files streamed by a
-    ``datasets`` builder (json, text, csv, parquet) through the same code.
+    ``datasets`` builder (json, text, csv, parquet) through the same code; ``embedded`` (every play of
+    the shipped corpus), ``embedded:train`` or ``embedded:val`` (its held-out plays).
     """
+    if isinstance(spec, str) and spec.split(":")[0] == "embedded":
+        split = spec.partition(":")[2] or None
+        return iter(default_corpus(split))
     if isinstance(spec, str) and spec.startswith("hf:"):
         return _read_hf(spec, text_field, assistant_only)
     path = Path(spec)

