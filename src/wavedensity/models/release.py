@@ -6,7 +6,6 @@ those correspondences; strictness comes from comparing a file against the keys a
 converting a freshly built model produces.
 """
 
-import json
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from ..jsonfile import read_json
 from ..ops import gaussian_window, relative_encoding
 from .configuration import WDAConfig
 from .modeling import WDAForCausalLM
@@ -115,12 +115,7 @@ def from_release_state_dict(release: dict[str, torch.Tensor], config: WDAConfig)
 
 
 def _read_release_config(path: Path) -> dict:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no config.json (a release directory holds config.json + model.safetensors)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not valid UTF-8 JSON ({err})") from None
+    raw = read_json(path, missing="no config.json (a release directory holds config.json + model.safetensors)")
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object of WaveCharLM keyword arguments")
     unknown = sorted(set(raw) - set(RELEASE_KEYS))

@@ -1,11 +1,12 @@
 """``TrainConfig``: everything a training run needs, loadable from JSON with unknown keys refused."""
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from ..jsonfile import read_json
 
 
 class ConfigError(ValueError):
@@ -110,13 +111,7 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path) -> "TrainConfig":
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ConfigError(f"{path}: not valid UTF-8 JSON ({err})") from None
+        raw = read_json(path, missing="no such config file", error=ConfigError)
         return cls.from_dict(raw, where=str(path))
 
 
