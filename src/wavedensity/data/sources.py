@@ -17,11 +17,11 @@ from .default import default_corpus
 from .errors import DataError, describe, located
 from .examples import Example, row_to_example
 
-TEXT_SUFFIXES = (".txt", ".md")
+TEXT_SUFFIXES = (".txt", ".md", ".raw")  # .raw: the WikiText files
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 # datasets builders that read local files: hf:BUILDER:PATH[:SPLIT] passes PATH as data_files.
 LOCAL_BUILDERS = ("json", "text", "csv", "parquet")
-SPEC_HELP = ("expected a .txt/.md file or a folder of them, a .jsonl/.jsonl.gz/.json file, embedded[:train|:val], "
+SPEC_HELP = ("expected a .txt/.md/.raw file or a folder of them, a .jsonl/.jsonl.gz/.json file, embedded[:train|:val], "
              "hf:NAME[:SUBSET]:SPLIT or hf:BUILDER:PATH[:SPLIT]")
 
 
