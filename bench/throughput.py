@@ -1,0 +1,115 @@
+"""Whole-model throughput: training tokens/s and model-FLOPs utilisation, and cached decoding, for WDA
+and the softmax baseline of identical dimensions.
+
+Run: python -m bench.throughput [--preset wda-130m] [--train-batch 4] [--seq 256] [--steps 3]
+                                [--decode-batches 1,8] [--new-tokens 64]
+
+MFU counts 6 x (parameters outside the embedding tables) FLOPs per trained token (forward + backward
+of every matmul; the mixers' own kernel work is not counted, which flatters neither side) against the
+float32 GEMM rate this script measures. The decoding bound is bytes of weights read per token over the
+measured matrix-vector read rate.
+"""
+
+import argparse
+import datetime
+import platform
+import sys
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from wavedensity import WDAForCausalLM, preset_config
+
+
+def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def matvec_gbytes(n: int = 8192, repeats: int = 10) -> float:
+    a, x = torch.randn(n, n), torch.randn(n)
+    a @ x
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ x
+    return 4 * n * n * repeats / (time.perf_counter() - start) / 1e9
+
+
+def matmul_params(model) -> int:
+    """Parameters that take part in a matmul per token: everything except the embedding tables."""
+    embeddings = model.model.embed_tokens.weight.numel() + model.model.pos_emb.numel()
+    return model.num_parameters() - embeddings
+
+
+def train_rate(model, batch: int, seq: int, steps: int) -> float:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq + 1))
+    model.train()
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        logits = model(ids[:, :-1], use_cache=False).logits
+        F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return batch * seq / sorted(times[1:])[len(times[1:]) // 2]
+
+
+@torch.no_grad()
+def decode_rate(model, batch: int, prompt: int, new: int, use_cache: bool) -> float:
+    model.eval()
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt))
+    model.generate(ids, max_new_tokens=2, do_sample=False, use_cache=use_cache)
+    start = time.perf_counter()
+    model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=use_cache)
+    return batch * new / (time.perf_counter() - start)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="wda-130m")
+    parser.add_argument("--train-batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--decode-batches", default="1,8")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--mixers", default="wda,softmax")
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+    torch.manual_seed(0)
+    peak, read = gemm_gflops(), matvec_gbytes()
+    print(f"`python -m bench.throughput {' '.join(sys.argv[1:])}` — {datetime.date.today()}, {platform.machine()} "
+          f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, float32; measured GEMM "
+          f"{peak:.0f} GFLOP/s, matrix-vector read {read:.1f} GB/s\n")
+    rows = []
+    for mixer in args.mixers.split(","):
+        config = preset_config(args.preset, mixer=mixer, seq_len=max(args.seq, 1))
+        model = WDAForCausalLM(config)
+        rate = train_rate(model, args.train_batch, args.seq, args.steps)
+        mfu = 6 * matmul_params(model) * rate / (peak * 1e9)
+        prompt = max(1, args.seq - args.new_tokens)
+        decode = {b: (decode_rate(model, b, prompt, args.new_tokens, True),
+                      decode_rate(model, b, prompt, args.new_tokens, False)) for b in
+                  [int(x) for x in args.decode_batches.split(",")]}
+        bound = read * 1e9 / (4 * matmul_params(model))  # float32 bytes of the weights each token reads
+        rows.append((mixer, model.num_parameters(), rate, mfu, decode, bound))
+    print(f"Preset {args.preset}; training batch {args.train_batch} x {args.seq}; decoding {args.new_tokens} new "
+          f"tokens after a {max(1, args.seq - args.new_tokens)}-token prompt (greedy).\n")
+    batches = [int(x) for x in args.decode_batches.split(",")]
+    head = " | ".join(f"decode b={b} cached / recomputed" for b in batches)
+    print(f"| mixer | parameters | train tokens/s | MFU | {head} | batch-1 weight-read bound |")
+    print("|---|---|---|---|" + "---|" * len(batches) + "---|")
+    for mixer, params, rate, mfu, decode, bound in rows:
+        cells = " | ".join(f"{decode[b][0]:.1f} / {decode[b][1]:.1f} tok/s" for b in batches)
+        print(f"| {mixer} | {params:,} | {rate:.0f} | {mfu:.0%} | {cells} | {bound:.1f} tok/s |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The benchmark scripts in bench/, each run once on its smallest size so they never rot (no timings asserted)."""
+
+import contextlib
+import io
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # bench/ is a top-level package beside src/, not installed
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- bench.mqar: associative recall --------------------------------------------------------------
+
+
+def test_mqar_smoke(one_thread):
+    from bench import mqar
+
+    modes = ",".join(mqar.MODES)  # the default four and the pre-norm reference
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO()):
+        assert mqar.main(["--smoke", "--modes", modes]) == 0
+    text = printed.getvalue()
+    assert text.startswith(f"`python -m bench.mqar --smoke --modes {modes}`")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| mode ")]
+    assert [row.split("|")[1].strip() for row in rows] == list(mqar.MODES)
+    for row in rows:
+        accuracy = float(row.split("|")[6])
+        assert 0.0 <= accuracy <= 1.0
+    assert "Total wall time" in text
+
+
+@pytest.mark.parametrize("seq_len, pairs, queries", [(64, 4, None), (64, 4, 4), (32, 2, 5), (40, 10, None)])
+def test_mqar_data_is_well_formed(seq_len, pairs, queries):
+    from bench.mqar import FILLER, KEYS, VALUES, first_queries, make_batch
+
+    inputs, labels = make_batch(16, seq_len, pairs, torch.Generator().manual_seed(3), queries)
+    first = first_queries(inputs, labels)
+    assert inputs.shape == labels.shape == (16, seq_len) and inputs.dtype == labels.dtype == torch.long
+    slots = (seq_len - 2 * pairs) // 2
+    for row_in, row_lab, row_first in zip(inputs.tolist(), labels.tolist(), first.tolist()):
+        keys, values = row_in[0 : 2 * pairs : 2], row_in[1 : 2 * pairs : 2]
+        assert len(set(keys)) == pairs and all(k in KEYS for k in keys)  # distinct keys from the lower half
+        assert all(v in VALUES for v in values)  # values from the upper half
+        paired = dict(zip(keys, values))
+        positions = [t for t, label in enumerate(row_lab) if label != -100]
+        assert len(positions) == (slots if queries is None else queries)
+        for t in positions:
+            assert t >= 2 * pairs and (t - 2 * pairs) % 2 == 0  # a query slot after the pairs
+            assert row_in[t] in row_in[:t]  # the queried key appeared earlier in the sequence...
+            assert row_in[t] in keys  # ...as a key of the pairs
+            assert row_lab[t] == paired[row_in[t]]  # label: exactly the paired value...
+            assert row_in[t + 1] == row_lab[t]  # ...which is also the next input token
+            assert row_first[t] == (row_in[t] not in row_in[2 * pairs : t])  # first time this key is asked
+        # Every other label is -100 and the rest of the tail is filler.
+        assert all(row_lab[t] == -100 for t in range(seq_len) if t not in positions)
+        answers = {t + 1 for t in positions}
+        assert all(row_in[t] == FILLER for t in range(2 * pairs, seq_len) if t not in positions and t not in answers)
+        assert sum(row_first) == len(set(row_in[t] for t in positions))
+        # Every key is queried equally often, to within one.
+        asked = [row_in[t] for t in positions]
+        counts = [asked.count(k) for k in keys]
+        assert max(counts) - min(counts) <= 1
+        if queries == pairs:
+            assert sorted(asked) == sorted(keys)  # Zoology: each key exactly once
+
+
+def test_mqar_data_is_seeded_and_rejects_impossible_sizes():
+    from bench.mqar import make_batch
+
+    first = make_batch(4, 64, 4, torch.Generator().manual_seed(7))
+    again = make_batch(4, 64, 4, torch.Generator().manual_seed(7))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    with pytest.raises(ValueError):
+        make_batch(1, 16, 8, torch.Generator())  # no room left for a query
+    with pytest.raises(ValueError):
+        make_batch(1, 1024, 200, torch.Generator())  # more pairs than distinct keys
+
+
+# --- the other benchmark scripts, each on its smallest size -------------------------------------
+
+
+def printed_by(fn, argv) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        fn(argv)
+    return out.getvalue()
+
+
+def test_toeplitz_paths_smoke(one_thread):
+    from bench import toeplitz_paths
+
+    assert "| 16 |" in printed_by(toeplitz_paths.main, ["--lengths", "16", "--repeats", "1", "--batch", "1"])
+
+
+def test_layer_scaling_smoke(one_thread):
+    from bench import layer_scaling
+
+    text = printed_by(layer_scaling.main, ["--lengths", "32", "--dim", "32", "--heads", "2", "--repeats", "1",
+                                           "--variants", "softmax (SDPA),wda prefix dense"])
+    assert "| wda prefix dense | " in text and "failed" not in text
+
+
+def test_throughput_smoke(one_thread):
+    from bench import throughput
+
+    text = printed_by(throughput.main, ["--preset", "cpu-tiny", "--seq", "16", "--train-batch", "2", "--steps", "1",
+                                        "--decode-batches", "1", "--new-tokens", "2"])
+    assert "| wda |" in text and "| softmax |" in text
+
+
+def test_quality_and_leak_audit_smoke(one_thread, tmp_path):
+    from bench import leak_audit, quality
+
+    if not quality.SHARED.is_dir():
+        pytest.skip(f"shared data not found at {quality.SHARED}")
+    text = printed_by(leak_audit.main, ["--preset", "tiny", "--steps", "2", "--windows", "1", "--out", str(tmp_path)])
+    assert "| pooled (release) |" in text and "| prefix (causal) |" in text
+    text = printed_by(quality.main, ["shakespeare", "--steps", "2", "--out", str(tmp_path)])
+    assert "| wda | prefix |" in text and "| softmax | - |" in text
