@@ -287,9 +287,10 @@ def cmd_demo(args) -> int:
           f"{result['bits_per_byte']:.3f} bits/byte ({result['tokens']:,} characters; "
           f"routing={model.config.routing}, seed {config.seed})")
     print(f"causality check: changing tokens after position 10 moves logits at 0..10 by {gap:.1e} (after: {later:.1e})")
-    for prompt in ("ROMEO:\n", "KING HENRY:\nWhat "):
+    for index, prompt in enumerate(("ROMEO:\n", "KING HENRY:\nWhat ")):
         room = model.config.seq_len - len(tokenizer(prompt).input_ids)
-        text = complete(model, tokenizer, prompt, min(200, room), seed=config.seed, **sampling_kwargs(0.8, 40, 1.0, 1.0))
+        text = complete(model, tokenizer, prompt, min(200, room), seed=config.seed + index,
+                        **sampling_kwargs(0.8, 40, 1.0, 1.0))
         print(f"--- sample (temperature 0.8, top-k 40) ---\n{prompt}{text}")
     ids = tokenizer("ROMEO:\nBut soft, what light", return_tensors="pt").input_ids[0]
     picture = plot_kernels(model, ids, layer=0, head=0, out_path=out / "kernels.png")
