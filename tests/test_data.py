@@ -86,7 +86,7 @@ def test_bad_file_raises_data_error_naming_file_line_and_problem(tmp_path, case)
 
 
 def test_bad_folder_and_gzip_line(tmp_path):
-    raises_one_line(lambda: read_examples(tmp_path), str(tmp_path), "folder holds no .txt or .md files")
+    raises_one_line(lambda: read_examples(tmp_path), str(tmp_path), "folder holds no .txt, .md, .raw files")
     gz = write(tmp_path / "rows.jsonl.gz", gzip.compress(b'{"text": "a"}\n\n{"text": "b"}\nnot json\n'))
     raises_one_line(lambda: list(read_examples(gz)), f"{gz}:4: not JSON")  # line numbers count blank lines
 

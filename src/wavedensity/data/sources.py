@@ -45,7 +45,7 @@ def read_examples(spec: str | os.PathLike, *, text_field: str = "text",
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
         if not files:
-            raise DataError(f"{path}: folder holds no {' or '.join(TEXT_SUFFIXES)} files")
+            raise DataError(f"{path}: folder holds no {', '.join(TEXT_SUFFIXES)} files")
         return (_read_text_file(f) for f in files)
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
