@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from wavedensity import WDAForCausalLM, preset_config
+from wavedensity.train import TrainConfig
+from wavedensity.train.trainer import make_optimizer
 
 
 def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -48,7 +50,7 @@ def matmul_params(model) -> int:
 
 
 def train_rate(model, batch: int, seq: int, steps: int) -> float:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = make_optimizer(model, TrainConfig())  # the trainer's optimizer (fused AdamW)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq + 1))
     model.train()
     times = []
@@ -81,6 +83,7 @@ def main(argv=None):
     parser.add_argument("--decode-batches", default="1,8")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--mixers", default="wda,softmax")
+    parser.add_argument("--no-decode", action="store_true", help="measure training only")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
@@ -97,7 +100,7 @@ def main(argv=None):
         prompt = max(1, args.seq - args.new_tokens)
         decode = {b: (decode_rate(model, b, prompt, args.new_tokens, True),
                       decode_rate(model, b, prompt, args.new_tokens, False)) for b in
-                  [int(x) for x in args.decode_batches.split(",")]}
+                  [int(x) for x in args.decode_batches.split(",")] if not args.no_decode}
         bound = read * 1e9 / (4 * matmul_params(model))  # float32 bytes of the weights each token reads
         rows.append((mixer, model.num_parameters(), rate, mfu, decode, bound))
     print(f"Preset {args.preset}; training batch {args.train_batch} x {args.seq}; decoding {args.new_tokens} new "
@@ -107,7 +110,7 @@ def main(argv=None):
     print(f"| mixer | parameters | train tokens/s | MFU | {head} | batch-1 weight-read bound |")
     print("|---|---|---|---|" + "---|" * len(batches) + "---|")
     for mixer, params, rate, mfu, decode, bound in rows:
-        cells = " | ".join(f"{decode[b][0]:.1f} / {decode[b][1]:.1f} tok/s" for b in batches)
+        cells = " | ".join(f"{decode[b][0]:.1f} / {decode[b][1]:.1f} tok/s" if b in decode else "-" for b in batches)
         print(f"| {mixer} | {params:,} | {rate:.0f} | {mfu:.0%} | {cells} | {bound:.1f} tok/s |")
 
 

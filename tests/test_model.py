@@ -164,6 +164,29 @@ def test_gate_learns_under_topk_and_not_under_the_release_value():
         assert model.model.layers[0].mixer.scale_out_weight.grad.abs().sum() > 0  # mask scaling always learns
 
 
+def test_training_loss_skips_the_logits_and_equals_the_plain_loss():
+    """In training with labels the loss is chunked and the logits are not returned; value and gradients
+    equal the HF loss on the logits (labels shifted inside; or pre-shifted as ``shift_labels``)."""
+    ids = torch.randint(0, 37, (2, 21), generator=torch.Generator().manual_seed(8))
+    model = tiny_model(dtype=torch.float64)
+    model.eval()
+    logits = model(ids, use_cache=False).logits
+    plain = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    plain_grads = torch.autograd.grad(plain, list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(model(ids, labels=ids).loss, plain)
+    model.train()
+    shifted = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], dim=1)
+    for kwargs in (dict(labels=ids), dict(shift_labels=shifted)):
+        out = model(ids, use_cache=False, **kwargs)
+        assert out.logits is None
+        torch.testing.assert_close(out.loss, plain)
+        for g_fast, g_plain in zip(torch.autograd.grad(out.loss, list(model.parameters()), allow_unused=True),
+                                   plain_grads):
+            assert (g_fast is None) == (g_plain is None)
+            if g_fast is not None:
+                torch.testing.assert_close(g_fast, g_plain)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     ids = torch.randint(0, 37, (2, 24), generator=torch.Generator().manual_seed(5))
     grads = []

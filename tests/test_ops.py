@@ -85,6 +85,41 @@ def test_per_position_rows_after_an_offset(block):
     torch.testing.assert_close(fast, reference)
 
 
+@pytest.mark.parametrize("offset", [0, 1, 6])
+@pytest.mark.parametrize("rows", [1, 2, 7])
+def test_rows_from_distances_lays_out_the_causal_matrix(offset, rows):
+    by_distance = torch.randn(2, rows, offset + rows, dtype=F64)
+    weights = ops.rows_from_distances(by_distance, offset)
+    for r in range(rows):
+        for s in range(offset + rows):
+            t = offset + r
+            expected = by_distance[:, r, t - s] if s <= t else torch.zeros(2, dtype=F64)
+            torch.testing.assert_close(weights[:, r, s], expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="need distances 0..3 for 3 rows after offset 1, got 5"):
+        ops.rows_from_distances(torch.zeros(3, 5), 1)
+
+
+@pytest.mark.parametrize("tokens", [1, 63, 257])
+@pytest.mark.parametrize("num_items", [None, 500])
+def test_linear_cross_entropy_matches_reference(tokens, num_items):
+    g = torch.Generator().manual_seed(tokens)
+    hidden, weight = torch.randn(tokens, 6, dtype=F64, generator=g), torch.randn(37, 6, dtype=F64, generator=g)
+    labels = torch.randint(0, 37, (tokens,), generator=g)
+    labels[1::4] = -100  # ignored tokens (chat prompts, padding) carry no loss and no gradient
+
+    def fast(h, w):
+        return ops.linear_cross_entropy(h, w, labels, num_items=num_items, chunk_size=20)
+
+    def reference(h, w):
+        return ops.linear_cross_entropy_reference(h, w, labels, num_items=num_items)
+
+    assert_same(grads(fast, hidden, weight), grads(reference, hidden, weight))
+    with torch.no_grad():  # without autograd it is only the loss
+        torch.testing.assert_close(fast(hidden, weight), reference(hidden, weight))
+    with pytest.raises(ValueError, match="need hidden"):
+        ops.linear_cross_entropy(hidden, weight, labels[:-1] if tokens > 1 else labels[:0])
+
+
 @pytest.mark.parametrize("seq", LENGTHS)
 def test_linear_attention_matches_reference(seq):
     torch.manual_seed(seq)

@@ -4,13 +4,18 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+)
 from transformers.utils.deprecation import deprecate_kwarg
 
-from ..layers import WDABlock, WDACache, WaveDensityAttention
+from ..layers import WaveDensityAttention, WDABlock, WDACache
+from ..ops.loss import linear_cross_entropy, logits_cross_entropy
 from .configuration import WDAConfig
 
 
@@ -174,7 +179,7 @@ class WDAForCausalLM(WDAPreTrainedModel, GenerationMixin):
         if output_attentions:
             raise ValueError("WDA has no attention matrix to return (output_attentions=True)")
         # generate() passes its tokenizer along to the model; anything else unknown is a caller's mistake
-        unknown = sorted(set(loss_kwargs) - {"num_items_in_batch", "tokenizer", "assistant_tokenizer"})
+        unknown = sorted(set(loss_kwargs) - {"num_items_in_batch", "shift_labels", "tokenizer", "assistant_tokenizer"})
         if unknown:
             raise TypeError(f"WDAForCausalLM.forward got unexpected arguments {unknown}")
         outputs = self.model(
@@ -189,11 +194,19 @@ class WDAForCausalLM(WDAPreTrainedModel, GenerationMixin):
         hidden = outputs.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
-                                      num_items_in_batch=loss_kwargs.get("num_items_in_batch"))
+        shift_labels, num_items = loss_kwargs.get("shift_labels"), loss_kwargs.get("num_items_in_batch")
+        if shift_labels is None and labels is not None:
+            # HF convention: labels are the inputs; position t predicts label t+1 (the last predicts nothing)
+            shift_labels = F.pad(labels[:, 1:], (0, 1), value=-100)
+        logits = loss = None
+        if shift_labels is not None and self.training and torch.is_grad_enabled():
+            # Training: loss chunk by chunk, never holding [batch, seq, vocab] logits (returned as None).
+            loss = linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, shift_labels.flatten(),
+                                        num_items=num_items)
+        else:
+            logits = self.lm_head(hidden)
+            if shift_labels is not None:
+                loss = logits_cross_entropy(logits.flatten(0, 1), shift_labels.flatten(), num_items=num_items)
         result = CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )

@@ -1,6 +1,15 @@
 """Pure tensor functions of Wave-Density Attention, each fast path beside a plain loop reference."""
 
-from .content import causal_linear_attention, causal_linear_attention_reference, feature_map
+from .content import (
+    causal_linear_attention,
+    causal_linear_attention_reference,
+    feature_map,
+)
+from .loss import (
+    linear_cross_entropy,
+    linear_cross_entropy_reference,
+    logits_cross_entropy,
+)
 from .routing import GATE_MODES, gate_weights, scale_weights
 from .toeplitz import (
     causal_conv_dense,
@@ -11,6 +20,7 @@ from .toeplitz import (
     per_position_apply,
     per_position_from_weights,
     per_position_reference,
+    rows_from_distances,
 )
 from .waves import (
     compute_dtype,
@@ -35,10 +45,14 @@ __all__ = [
     "fft_size",
     "gate_weights",
     "gaussian_window",
+    "linear_cross_entropy",
+    "linear_cross_entropy_reference",
+    "logits_cross_entropy",
     "per_position_apply",
     "per_position_from_weights",
     "per_position_reference",
     "relative_encoding",
+    "rows_from_distances",
     "scale_weights",
     "triangle_wave",
     "wave_masks",

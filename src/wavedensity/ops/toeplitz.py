@@ -13,6 +13,7 @@ Two families, each with a plain float64 loop reference used by the tests:
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .waves import compute_dtype
@@ -50,18 +51,28 @@ def causal_conv_fft(kernel: torch.Tensor, u: torch.Tensor, exact_rows: int = 128
     return torch.cat([exact.expand(*out.shape[:-2], head, out.shape[-1]), out[..., head:, :]], dim=-2)
 
 
-def _distance_index(rows: int, cols: int, offset: int, device) -> torch.Tensor:
-    """``t - s`` for absolute rows ``t = offset .. offset+rows-1`` and columns ``s = 0 .. cols-1``."""
-    t = torch.arange(offset, offset + rows, device=device)[:, None]
-    s = torch.arange(cols, device=device)[None, :]
-    return t - s
+def rows_from_distances(by_distance: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Lay per-row values by distance out as the causal weight matrix, without a gather.
+
+    by_distance ``[..., T, C]`` holds ``D[r, d]`` for rows ``t = offset + r`` and distances
+    ``d = 0 .. C-1`` (``C = offset + T``). Returns ``W [..., T, C]`` with ``W[r, s] = D[r, t - s]`` for
+    ``s <= t`` and 0 above. Reversing the distances and padding each row with ``C`` zeros makes
+    ``W[r, s]`` sit at flat index ``(C - 1 - offset) + r (2C - 1) + s``: a row stride one shorter than
+    the padded rows, which a reshape of the flat buffer expresses (the relative-shift trick). Forward
+    and backward are then a flip, a pad and views, about 2x faster than an index gather.
+    """
+    rows, cols = by_distance.shape[-2:]
+    if cols != offset + rows:
+        raise ValueError(f"need distances 0..{offset + rows - 1} for {rows} rows after offset {offset}, got {cols}")
+    flat = F.pad(by_distance.flip(-1), (0, cols)).flatten(-2)
+    start = cols - 1 - offset
+    return flat[..., start : start + rows * (2 * cols - 1)].unflatten(-1, (rows, 2 * cols - 1))[..., :cols]
 
 
 def causal_toeplitz(kernel: torch.Tensor) -> torch.Tensor:
     """Lower-triangular Toeplitz matrix ``T[t, s] = kernel[t - s]`` (0 above the diagonal): ``[..., S, S]``."""
     seq = kernel.shape[-1]
-    diff = _distance_index(seq, seq, 0, kernel.device)
-    return kernel[..., diff.clamp(min=0)].masked_fill(diff < 0, 0)
+    return rows_from_distances(kernel.unsqueeze(-2).expand(*kernel.shape[:-1], seq, seq))
 
 
 def causal_conv_dense(kernel: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -74,11 +85,7 @@ def causal_conv_dense(kernel: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 def per_position_apply(density: torch.Tensor, u: torch.Tensor, offset: int = 0) -> torch.Tensor:
     """Per-position kernels: density ``[..., T, N]`` holds ``Dn_t(d)`` for rows ``t = offset .. offset+T-1``
     and distances ``d = 0 .. N-1`` (``N >= offset + T``); u ``[..., offset+T, C]``. Returns ``[..., T, C]``."""
-    rows = density.shape[-2]
-    cols = u.shape[-2]
-    diff = _distance_index(rows, cols, offset, density.device)
-    row_index = torch.arange(rows, device=density.device)[:, None]
-    weights = density[..., row_index, diff.clamp(min=0)].masked_fill(diff < 0, 0)
+    weights = rows_from_distances(density[..., : u.shape[-2]], offset)
     return weights @ u.to(weights.dtype)
 
 

@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassError
 from tqdm.auto import tqdm
 
 from ..data import (
     BlockSampler,
-    Mixture,
     DataError,
+    Mixture,
     check_tokenizer_fits,
     eval_blocks,
     load_tokenizer,
@@ -63,7 +62,9 @@ def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
         exempt = last in NO_DECAY or last.endswith("bias")  # per-head biases are 2-D but still biases
         (decay if param.dim() >= 2 and not exempt else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+    # The fused kernel updates every tensor in one pass: on the 130M preset's CPU step it takes 0.05 s
+    # where the per-tensor loop takes 0.45 s (bench/throughput.py). CPU and CUDA both have it.
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -288,9 +289,8 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
         total = 0.0
         for micro in range(config.grad_accum):
             input_ids, labels = (t.to(device) for t in sampler.batch(step * config.grad_accum + micro))
-            with autocast_context(config, device):
-                logits = forward_compiled(input_ids, use_cache=False).logits
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+            with autocast_context(config, device):  # the loss runs chunk by chunk, without all logits
+                loss = forward_compiled(input_ids, shift_labels=labels, use_cache=False).loss
             (loss / config.grad_accum).backward()
             total += loss.detach() / config.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
