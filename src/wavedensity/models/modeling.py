@@ -56,11 +56,16 @@ class WDAModel(WDAPreTrainedModel):
     def _validate(self, input_ids, inputs_embeds, attention_mask, cache, offset: int) -> None:
         """Bad inputs fail here, with the problem named, not deep inside torch."""
         config = self.config
+        # Checks that read token values make an accelerator wait for the host. Training batches come
+        # from the trainer, which checks the tokenizer against the vocabulary once, so on accelerators
+        # (and inside torch.compile, where they would break the graph) they run outside training only.
+        inputs = input_ids if input_ids is not None else inputs_embeds
+        read_values = not torch.compiler.is_compiling() and (inputs.device.type == "cpu" or not self.training)
         if input_ids is not None:
             if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
                 raise ValueError(f"input_ids must be an integer tensor [batch, seq], got {input_ids.dtype} "
                                  f"{list(input_ids.shape)}")
-            if input_ids.numel() and bool(((input_ids < 0) | (input_ids >= config.vocab_size)).any()):
+            if read_values and input_ids.numel() and bool(((input_ids < 0) | (input_ids >= config.vocab_size)).any()):
                 raise ValueError(f"input_ids hold ids outside the vocabulary [0, {config.vocab_size})")
         else:
             if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.embed_dim:
@@ -84,7 +89,7 @@ class WDAModel(WDAPreTrainedModel):
                     length, offset + length):
                 raise ValueError(f"attention_mask must be [batch, seq] = [{batch}, {offset + length}], "
                                  f"got {list(attention_mask.shape)}")
-            if not bool(attention_mask.all()):
+            if read_values and not bool(attention_mask.all()):
                 raise ValueError(
                     "attention_mask with padding is not supported: WDA uses absolute positions and routes on the "
                     "mean of the prefix, so pad tokens would change the output; batch prompts of equal length"
