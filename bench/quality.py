@@ -1,9 +1,14 @@
-"""Quality under equal budgets: WDA against the softmax baseline, same data, tokens, steps and seed.
+"""Quality under equal budgets: WDA against the softmax baseline, same data, tokens and seed.
 
 Run:
-    python -m bench.quality shakespeare [--steps N] [--out runs/bench]   # char level, nanoGPT split
+    python -m bench.quality shakespeare [--steps N] [--budget steps|time] [--out runs/bench]
     python -m bench.quality embedded-bpe [--steps N] [--out runs/bench]  # BPE on the embedded corpus,
                                                                           # evaluated on WikiText-2 and C4
+``shakespeare`` trains WDA (``prefix`` and ``static`` routing) and the softmax baseline on
+tinyshakespeare, character level. ``--budget steps`` gives every variant N steps; ``--budget time``
+gives WDA ``prefix`` N steps and the others as many steps as fit in the same compute time, from step
+times measured side by side in this process before training (wall times of the runs themselves
+are not used: other jobs may share the CPU). Validation curves of all runs go into one plot.
 Reads ../shared/data (skips with a message if absent) and prints a markdown table.
 """
 
@@ -15,15 +20,26 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+import matplotlib
 
-from wavedensity.data import eval_blocks, read_examples, tokenize_examples
-from wavedensity.eval import evaluate
-from wavedensity.generation import load_model_and_tokenizer
-from wavedensity.train import TrainConfig, preset_train_config, train
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from bench.throughput import train_rate  # noqa: E402
+from wavedensity import WDAForCausalLM, preset_config  # noqa: E402
+from wavedensity.data import eval_blocks, read_examples, tokenize_examples  # noqa: E402
+from wavedensity.eval import evaluate  # noqa: E402
+from wavedensity.generation import load_model_and_tokenizer  # noqa: E402
+from wavedensity.train import TrainConfig, preset_train_config, train  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NANOGPT_ANCHOR = "nanoGPT shakespeare_char: 1.4697 (10.7M parameters, 5,000 iterations of 64 x 256 tokens, GPU)"
+VARIANTS = {  # name: model overrides; the first is the reference of an equal-time budget
+    "wda prefix": {"mixer": "wda", "routing": "prefix"},
+    "wda static": {"mixer": "wda", "routing": "static"},
+    "softmax": {"mixer": "softmax"},
+}
 
 
 def run(config: TrainConfig, out: Path) -> tuple[dict, float]:
@@ -37,28 +53,71 @@ def header(args) -> str:
             f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
 
 
+def step_seconds(base: TrainConfig, vocab_size: int, rounds: int) -> dict[str, float]:
+    """Seconds per training step (forward, backward, AdamW) of each variant, measured in turns so that
+    a change in the machine's load hits every variant alike; the median over rounds."""
+    models = {name: WDAForCausalLM(preset_config(base.preset, vocab_size=vocab_size, **base.model, **overrides))
+              for name, overrides in VARIANTS.items()}
+    seq = models["softmax"].config.seq_len
+    times = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name].append(base.batch_size * seq / train_rate(model, base.batch_size, seq, steps=3))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def plot_curves(runs: dict[str, tuple[Path, float]], path: Path, title: str) -> None:
+    """Validation loss of every run against training steps and against compute time, in one figure."""
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for label, (out, seconds_per_step) in runs.items():
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        points = sorted({r["step"]: r["loss"] for r in rows if r["kind"] == "val"}.items())
+        steps, losses = zip(*points)
+        by_step.plot(steps, losses, marker="o", markersize=3, label=label)
+        by_time.plot([s * seconds_per_step / 60 for s in steps], losses, marker="o", markersize=3, label=label)
+    by_step.set_xlabel("training step")
+    by_time.set_xlabel("compute time (min, from measured step times)")
+    by_step.set_ylabel("validation loss (nats/char)")
+    for axis in (by_step, by_time):
+        axis.grid(alpha=0.3)
+    by_time.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def shakespeare(args) -> None:
     data = SHARED / "tinyshakespeare" / "input.txt"
     if not data.is_file():
         sys.exit(f"skipped: {data} not found (../shared/data beside the repository)")
-    rows = []
-    for mixer, routing in (("wda", "prefix"), ("softmax", "prefix")):
-        values = {**preset_train_config("cpu-char").to_dict(), "data": [str(data)], "split": "tail",
-                  "val_fraction": 0.1, "steps": args.steps, "seed": args.seed,
-                  "model": {"mixer": mixer, "routing": routing}}
-        config = TrainConfig.from_dict(values)
-        out = Path(args.out) / f"shakespeare-{mixer}-{routing}-{args.steps}-s{args.seed}"
-        result, seconds = run(config, out)
+    base = TrainConfig.from_dict({**preset_train_config(args.preset).to_dict(), "data": [str(data)], "split": "tail",
+                                  "val_fraction": 0.1, "steps": args.steps, "seed": args.seed})
+    vocab = len(sorted(set(data.read_text(encoding="utf-8")))) + 2  # characters plus end-of-text and unknown
+    seconds = step_seconds(base, vocab, args.rounds)
+    reference = next(iter(VARIANTS))
+    rows, curves = [], {}
+    for name, overrides in VARIANTS.items():
+        steps = args.steps if args.budget == "steps" else round(args.steps * seconds[reference] / seconds[name])
+        config = TrainConfig.from_dict({**base.to_dict(), "steps": max(steps, 1), "model": overrides})
+        out = Path(args.out) / f"shakespeare-{args.preset}-{name.replace(' ', '-')}-{config.steps}-s{args.seed}"
+        result, wall = run(config, out)
         params = load_model_and_tokenizer(out / "final")[0].num_parameters()
-        rows.append((mixer, routing if mixer == "wda" else "-", params, result, seconds))
+        rows.append((name, params, config.steps, seconds[name], result, wall))
+        curves[f"{name} ({config.steps} steps)"] = (out, seconds[name])
+    plot = Path(args.plot or Path(args.out) / f"shakespeare-{args.preset}-{args.budget}-{args.steps}-s{args.seed}.png")
+    plot_curves(curves, plot, f"tinyshakespeare (char), {args.preset}, equal {args.budget}, seed {args.seed}")
     print(header(args))
     print(f"\ntinyshakespeare, character level, first 90% train / last 10% validation (all of it evaluated), "
-          f"preset cpu-char ({args.steps} steps x 16 x 128 tokens), seed {args.seed}. Anchor: {NANOGPT_ANCHOR}.\n")
-    print("| mixer | routing | parameters | val loss (nats/char) | bits/char | wall time |")
-    print("|---|---|---|---|---|---|")
-    for mixer, routing, params, result, seconds in rows:
-        print(f"| {mixer} | {routing} | {params:,} | {result['loss']:.4f} | {result['bits_per_byte']:.4f} | "
-              f"{seconds / 60:.1f} min |")
+          f"preset {args.preset} (steps of {base.batch_size} x {preset_config(base.preset, **base.model).seq_len} tokens), seed {args.seed}, equal {args.budget}"
+          f"{f' (that of wda prefix at {args.steps} steps)' if args.budget == 'time' else ''}; step times measured "
+          f"side by side ({args.rounds} rounds). Curves: {plot}. Anchor: {NANOGPT_ANCHOR}.\n")
+    print("| variant | parameters | steps | s/step | compute time | val loss (nats/char) | bits/char | wall time |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, params, steps, step_s, result, wall in rows:
+        print(f"| {name} | {params:,} | {steps} | {step_s:.3f} | {steps * step_s / 60:.1f} min | "
+              f"{result['loss']:.4f} | {result['bits_per_byte']:.4f} | {wall / 60:.1f} min |")
 
 
 def embedded_bpe(args) -> None:
@@ -98,6 +157,11 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vocab", type=int, default=2048)
+    parser.add_argument("--budget", choices=["steps", "time"], default="steps", help="shakespeare: equal steps "
+                        "for every variant, or equal compute time (that of wda prefix at --steps)")
+    parser.add_argument("--preset", default="cpu-char", help="shakespeare: training preset in configs/")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of step-time measurement")
+    parser.add_argument("--plot", help="where to write the validation curves (PNG)")
     parser.add_argument("--out", default="runs/bench")
     args = parser.parse_args(argv)
     shakespeare(args) if args.what == "shakespeare" else embedded_bpe(args)

@@ -18,7 +18,6 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 from wavedensity import WDAForCausalLM, preset_config
 from wavedensity.train import TrainConfig
@@ -56,8 +55,7 @@ def train_rate(model, batch: int, seq: int, steps: int) -> float:
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
-        logits = model(ids[:, :-1], use_cache=False).logits
-        F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
+        model(ids[:, :-1], shift_labels=ids[:, 1:], use_cache=False).loss.backward()  # the trainer's step
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)

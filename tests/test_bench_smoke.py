@@ -127,5 +127,8 @@ def test_quality_and_leak_audit_smoke(one_thread, tmp_path):
         pytest.skip(f"shared data not found at {quality.SHARED}")
     text = printed_by(leak_audit.main, ["--preset", "tiny", "--steps", "2", "--windows", "1", "--out", str(tmp_path)])
     assert "| pooled (release) |" in text and "| prefix (causal) |" in text
-    text = printed_by(quality.main, ["shakespeare", "--steps", "2", "--out", str(tmp_path)])
-    assert "| wda | prefix |" in text and "| softmax | - |" in text
+    text = printed_by(quality.main, ["shakespeare", "--preset", "tiny", "--steps", "2", "--budget", "time",
+                                     "--rounds", "1", "--out", str(tmp_path)])
+    for variant in quality.VARIANTS:
+        assert f"| {variant} |" in text
+    assert (tmp_path / "shakespeare-tiny-time-2-s0.png").is_file()
