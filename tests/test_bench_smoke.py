@@ -120,6 +120,13 @@ def test_throughput_smoke(one_thread):
     assert "| wda |" in text and "| softmax |" in text
 
 
+def test_profile_step_smoke(one_thread):
+    from bench import profile_step
+
+    text = printed_by(profile_step.main, ["--preset", "cpu-tiny", "--batch", "2", "--seq", "16", "--top", "3"])
+    assert text.count("\n| aten::") == 3
+
+
 def test_quality_and_leak_audit_smoke(one_thread, tmp_path):
     from bench import leak_audit, quality
 
