@@ -129,3 +129,12 @@ def test_quality_and_leak_audit_smoke(one_thread, tmp_path):
     assert "| pooled (release) |" in text and "| prefix (causal) |" in text
     text = printed_by(quality.main, ["shakespeare", "--steps", "2", "--out", str(tmp_path)])
     assert "| wda | prefix |" in text and "| softmax | - |" in text
+
+
+def test_transplant_smoke(one_thread, tmp_path):
+    from bench import quality, transplant
+
+    if not quality.SHARED.is_dir():
+        pytest.skip(f"shared data not found at {quality.SHARED}")
+    text = printed_by(transplant.main, ["--smoke", "--out", str(tmp_path)])
+    assert "| transplant, teacher-free |" in text and "| WDA from scratch |" in text and "top-1 agreement" in text

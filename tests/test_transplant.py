@@ -1,7 +1,6 @@
 """Attention transplant: the parallel wrapper on tiny random-weight models of each supported family
 (built from configs, nothing downloaded), schedules, losses, adapters and the config schema."""
 
-import json
 
 import pytest
 import torch
@@ -328,3 +327,16 @@ def test_presets_are_valid_configs():
     assert {p.stem for p in presets} == {"cpu-smoke", "gpu-distil", "handoff", "teacher-free", "sft-chat"}
     for path in presets:
         TransplantConfig.from_file(path)
+
+
+def test_wrapper_reads_through_to_the_teacher_and_copies():
+    import copy
+
+    model = transplanted("gemma3")
+    wrapper = model.base.model.layers[0].self_attn
+    assert (wrapper.layer_idx, wrapper.is_sliding, wrapper.sliding_window) == (0, True, 4)
+    with pytest.raises(AttributeError):
+        wrapper.no_such_attribute
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        assert torch.equal(clone(ids()).logits, model(ids()).logits)

@@ -8,7 +8,13 @@ under ``...self_attn.teacher.`` and its WDA branch, gamma and gain beside them.
 """
 
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 from transformers import initialization as init
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils.deprecation import deprecate_kwarg

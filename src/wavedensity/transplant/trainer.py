@@ -30,7 +30,13 @@ from ..train.trainer import (
     resolve_device,
     resumed_config,
 )
-from .adapter import AdapterWriter, load_adapter, load_teacher, save_adapter, transplant_model
+from .adapter import (
+    AdapterWriter,
+    load_adapter,
+    load_teacher,
+    save_adapter,
+    transplant_model,
+)
 from .config import TransplantConfig
 from .find import decoder_layers, select_layers
 from .losses import feature_losses, kl_to_teacher, layer_taps
@@ -180,7 +186,7 @@ def train_transplant(config: TransplantConfig, out_dir=None, *, resume: bool = F
         done = step + 1
         if done % config.log_every == 0 or done == end:
             now = time.perf_counter()
-            gammas = [float(w.gamma) for w in wrappers_of(model)]
+            gammas = [float(w.gamma.detach()) for w in wrappers_of(model)]
             row = {"step": done, "kind": "train", "loss": totals["ce"], **totals, "lr": lr_at(step, train_config),
                    "grad_norm": float(grad_norm), "alpha": mixing.alpha, "teacher_scale": mixing.teacher_scale,
                    "wda_scale": mixing.wda_scale, "gamma_mean": sum(gammas) / len(gammas),

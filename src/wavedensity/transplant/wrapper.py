@@ -118,7 +118,10 @@ class ParallelAttention(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["teacher"], name)
+            teacher = self.__dict__.get("_modules", {}).get("teacher")  # not self._modules: no recursion while unpickling
+            if teacher is None:
+                raise
+            return getattr(teacher, name)
 
     def branch(self, x: torch.Tensor, state: WDALayerState | None) -> torch.Tensor:
         """The WDA branch's attention-shaped delta ``WDABlock(x) - x`` (float32, whatever the teacher's dtype)."""
