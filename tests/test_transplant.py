@@ -340,3 +340,29 @@ def test_wrapper_reads_through_to_the_teacher_and_copies():
     clone = copy.deepcopy(model)
     with torch.no_grad():
         assert torch.equal(clone(ids()).logits, model(ids()).logits)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from wavedensity.transplant.trainer import set_training_mode, step_losses
+
+    config = TransplantConfig.from_dict(minimal_config(ce_weight=0.5, distill={"enabled": True, "cosine_weight": 0.1}))
+    tokens = ids(batch=2, length=12)
+    labels = torch.roll(tokens, -1, dims=1)
+    grads = []
+    for checkpointing in (False, True):
+        model = transplanted("llama")
+        set_mixing(model, alpha=1.0, teacher_scale=0.5)
+        params = trainable_parameters(model)
+        set_training_mode(model, checkpointing)
+        if checkpointing:
+            model.base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            for wrapper in [model.base.model.layers[i].self_attn for i in range(2)]:
+                wrapper.use_checkpoint = True
+        calls = []
+        model.base.model.layers[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+        step_losses(model, tokens, labels, config)["objective"].backward()
+        grads.append({name: p.grad.clone() for name, p in params.items()})
+        assert len(calls) == (3 if checkpointing else 2)  # teacher pass, student pass (, recomputed in backward)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)

@@ -139,7 +139,7 @@ def train_transplant(config: TransplantConfig, out_dir=None, *, resume: bool = F
         f"steps {start}..{end} of {config.steps}, {len(val_windows)} validation windows")
     set_training_mode(model, config.gradient_checkpointing)
     if config.gradient_checkpointing:
-        model.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     teacher_val = {}
 
     def validate(step: int) -> dict:
@@ -204,7 +204,7 @@ def train_transplant(config: TransplantConfig, out_dir=None, *, resume: bool = F
             last_time, last_step = time.perf_counter(), done
     bar.close()
     if config.gradient_checkpointing:
-        model.base.gradient_checkpointing_disable()
+        model.base.activation_checkpointing_disable()
     plot_curves(metrics.rows, run_dir / "curves.png", f"transplant {config.teacher_model_id} (student CE)")
     metrics.close()
     rows = [r for r in metrics.rows if r["kind"] == "val"]
