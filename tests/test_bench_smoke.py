@@ -124,7 +124,8 @@ def test_profile_step_smoke(one_thread):
     from bench import profile_step
 
     text = printed_by(profile_step.main, ["--preset", "cpu-tiny", "--batch", "2", "--seq", "16", "--top", "3"])
-    assert text.count("\n| aten::") == 3
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| operator ")]
+    assert len(rows) == 3 and all(line.endswith(" |") for line in rows)
 
 
 def test_quality_and_leak_audit_smoke(one_thread, tmp_path):
@@ -139,3 +140,12 @@ def test_quality_and_leak_audit_smoke(one_thread, tmp_path):
     for variant in quality.VARIANTS:
         assert f"| {variant} |" in text
     assert (tmp_path / "shakespeare-tiny-time-2-s0.png").is_file()
+
+
+def test_transplant_smoke(one_thread, tmp_path):
+    from bench import quality, transplant
+
+    if not quality.SHARED.is_dir():
+        pytest.skip(f"shared data not found at {quality.SHARED}")
+    text = printed_by(transplant.main, ["--smoke", "--out", str(tmp_path)])
+    assert "| transplant, teacher-free |" in text and "| WDA from scratch |" in text and "top-1 agreement" in text

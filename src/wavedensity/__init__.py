@@ -4,11 +4,15 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .layers import WaveDensityAttention, WDACache
 from .models import PRESETS, WaveCharLM, WDAConfig, WDAForCausalLM, WDAModel, load_release, preset_config
+from .transplant import WDATransplantConfig, WDATransplantForCausalLM
 
 AutoConfig.register(WDAConfig.model_type, WDAConfig, exist_ok=True)
 AutoModel.register(WDAConfig, WDAModel, exist_ok=True)
 AutoModelForCausalLM.register(WDAConfig, WDAForCausalLM, exist_ok=True)
+AutoConfig.register(WDATransplantConfig.model_type, WDATransplantConfig, exist_ok=True)
+AutoModelForCausalLM.register(WDATransplantConfig, WDATransplantForCausalLM, exist_ok=True)
 
 __version__ = "0.1.0"
-__all__ = ["PRESETS", "WDACache", "WDAConfig", "WDAForCausalLM", "WDAModel", "WaveCharLM", "WaveDensityAttention",
+__all__ = ["PRESETS", "WDACache", "WDAConfig", "WDAForCausalLM", "WDAModel", "WDATransplantConfig",
+           "WDATransplantForCausalLM", "WaveCharLM", "WaveDensityAttention",
            "load_release", "preset_config"]

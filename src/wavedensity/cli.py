@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .generation import load_model
+from .transplant.cli import add_transplant_commands
 
 DEFAULT_PROMPT_TEXT = "The quick brown fox jumps over the lazy dog."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -391,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="multi-turn chat in the training format (User: / Assistant:)")
     sampling_args(chat)
     chat.set_defaults(run=cmd_chat)
+    add_transplant_commands(commands)
     return parser
 
 

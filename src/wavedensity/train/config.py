@@ -71,6 +71,12 @@ class TrainConfig:
             if not isinstance(path, str) or isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio <= 0:
                 raise ConfigError(f"{where}: a data entry must be a path string or {{\"path\": str, \"ratio\": > 0}}, "
                                   f"got {entry!r}")
+            options = entry if isinstance(entry, dict) else {}
+            unknown = sorted(set(options) - {"path", "ratio", "text_field", "assistant_only"})
+            if unknown:
+                raise ConfigError(f"{where}: data entry {entry!r} has unknown keys {unknown}")
+            if not isinstance(options.get("text_field", ""), str) or not isinstance(options.get("assistant_only", True), bool):
+                raise ConfigError(f"{where}: data entry {entry!r}: text_field must be a string, assistant_only true or false")
             if path.startswith("hf:") and not self.max_examples:
                 raise ConfigError(f"{where}: {path} streams from the hub; set max_examples to bound what is read")
         try:

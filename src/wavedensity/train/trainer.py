@@ -81,13 +81,19 @@ def autocast_context(config: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if use else contextlib.nullcontext()
 
 
-def source_list(entries) -> list[tuple[str, float]]:
-    return [(e, 1.0) if isinstance(e, str) else (e["path"], float(e.get("ratio", 1.0))) for e in entries]
+def source_list(entries) -> list[tuple[str, float, dict]]:
+    """(spec, ratio, reading options) of each data entry: a path string or ``{"path", "ratio",
+    "text_field", "assistant_only"}`` (the options default to the column "text" and the config's
+    ``assistant_only``)."""
+    return [(e, 1.0, {}) if isinstance(e, str) else
+            (e["path"], float(e.get("ratio", 1.0)), {k: e[k] for k in ("text_field", "assistant_only") if k in e})
+            for e in entries]
 
 
-def load_examples(spec: str, config: TrainConfig) -> list:
+def load_examples(spec: str, config: TrainConfig, text_field: str = "text", assistant_only: bool | None = None) -> list:
     examples = []
-    for example in read_examples(spec, assistant_only=config.assistant_only):
+    assistant_only = config.assistant_only if assistant_only is None else assistant_only
+    for example in read_examples(spec, text_field=text_field, assistant_only=assistant_only):
         examples.append(example)
         if config.max_examples and len(examples) >= config.max_examples:
             break
@@ -109,8 +115,8 @@ def prepare_data(config: TrainConfig, tokenizer=None):
     if not sources:
         raise ConfigError("no training data: give --data PATH (or 'data' in the config)")
     train_sets, val_sets = [], []
-    for spec, ratio in sources:
-        examples = load_examples(spec, config)
+    for spec, ratio, options in sources:
+        examples = load_examples(spec, config, **options)
         if config.val_data:
             train_sets.append((spec, examples, ratio))
             continue
@@ -120,7 +126,7 @@ def prepare_data(config: TrainConfig, tokenizer=None):
         train, val = split_train_val(examples, config.val_fraction, mode)
         train_sets.append((spec, train, ratio))
         val_sets.append((spec, val))
-    val_sets += [(spec, load_examples(spec, config)) for spec, _ in source_list(config.val_data)]
+    val_sets += [(spec, load_examples(spec, config, **options)) for spec, _, options in source_list(config.val_data)]
     seen = {ex.text for _, examples, _ in train_sets for ex in examples}
     for spec, examples in val_sets:
         overlap = sum(ex.text in seen for ex in examples)
@@ -205,14 +211,14 @@ def check_run_dir(run_dir: Path, resume: bool) -> Path | None:
 
 def resumed_config(checkpoint: Path, config: TrainConfig, log) -> TrainConfig:
     """The run's own settings; only ``steps`` may change on resume (it reshapes the cosine schedule)."""
-    saved = TrainConfig.from_dict(
+    saved = type(config).from_dict(
         json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["config"], where=str(checkpoint))
     changed = sorted(k for k, v in config.to_dict().items() if k != "steps" and saved.to_dict()[k] != v)
     if changed:
         raise ConfigError(f"{checkpoint}: resume keeps the run's settings, but {changed} differ from them")
     if config.steps != saved.steps:
         log(f"resume: steps {saved.steps} -> {config.steps} (the learning-rate schedule is stretched accordingly)")
-    return TrainConfig.from_dict({**saved.to_dict(), "steps": config.steps}, where=str(checkpoint))
+    return type(config).from_dict({**saved.to_dict(), "steps": config.steps}, where=str(checkpoint))
 
 
 def check_model_settings(config: TrainConfig) -> None:

@@ -1,0 +1,78 @@
+"""Teacher against student: the run modes, loss/perplexity/bits per byte, and the swap-check
+(per-token top-1 agreement and KL of the teacher-free student against the teacher)."""
+
+import torch
+import torch.nn.functional as F
+
+from ..eval import evaluate
+from ..eval.metrics import batched_windows
+from .adapter import load_adapter, load_teacher, read_adapter, transplant_model
+from .config import TransplantConfig
+from .wrapper import set_mixing, teacher_mode
+
+MODES = ("teacher", "wda", "mixed")
+
+
+def set_mode(model, mode: str, alpha: float = 1.0, gamma_override: float | None = None) -> None:
+    """``teacher``: the untouched teacher (alpha 0). ``wda``: teacher-free, the WDA branches alone
+    (teacher scale 0). ``mixed``: teacher and WDA mixed with ``alpha`` (teacher scale 1)."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {MODES}")
+    if mode == "teacher":
+        set_mixing(model, alpha=0.0, teacher_scale=1.0, wda_scale=1.0)
+    else:
+        if alpha <= 0:
+            raise ValueError(f"mode {mode} needs alpha > 0, got {alpha} (alpha 0 is the teacher)")
+        set_mixing(model, alpha=alpha, teacher_scale=0.0 if mode == "wda" else 1.0, wda_scale=1.0,
+                   gamma_override=gamma_override)
+
+
+def load_student(config: TransplantConfig, adapter):
+    """The config's teacher with the adapter's WDA branches loaded (base model checked): (model, tokenizer)."""
+    from ..train.trainer import resolve_device
+
+    meta, _ = read_adapter(adapter)
+    teacher, tokenizer = load_teacher(config.teacher_model_id, config.torch_dtype, resolve_device(config.device))
+    model = transplant_model(teacher, config.teacher_model_id, meta["layers"], meta["wda"], meta["init_gamma"],
+                             meta["alpha_layer_scale"])
+    load_adapter(model, adapter)
+    return model.eval(), tokenizer
+
+
+def validation_windows(config: TransplantConfig, tokenizer) -> list:
+    """The config's validation data (its held-out split, as in training) as evaluation windows."""
+    from ..data import eval_blocks
+    from ..train.trainer import prepare_data
+
+    _, _, val_corpus = prepare_data(config.train_config(), tokenizer)
+    return list(eval_blocks(val_corpus, config.seq_len))
+
+
+def compare_losses(model, windows, alpha: float = 1.0, max_windows: int | None = None) -> dict:
+    """Loss, perplexity and bits per byte of the teacher, the teacher-free student and the mixed model."""
+    report = {}
+    for mode in MODES:
+        set_mode(model, mode, alpha)
+        report[{"wda": "teacher_free"}.get(mode, mode)] = evaluate(model, windows, max_windows=max_windows)
+    return report
+
+
+@torch.no_grad()
+def swap_check(model, windows, alpha: float = 1.0, max_windows: int | None = None, batch_size: int = 16) -> dict:
+    """How well the teacher-free student stands in for the teacher on held-out tokens: the fraction of
+    positions whose top-1 token agrees, and the mean KL(teacher || student) per token (nats)."""
+    agree, kl_total, tokens = 0, 0.0, 0
+    device = next(model.parameters()).device
+    for input_ids, labels, _ in batched_windows(windows, batch_size, max_windows):
+        input_ids, mask = input_ids.to(device), (labels != -100).to(device)
+        with teacher_mode(model):
+            teacher = model(input_ids, use_cache=False).logits.float()
+        set_mode(model, "wda", alpha)
+        student = model(input_ids, use_cache=False).logits.float()
+        agree += int(((teacher.argmax(-1) == student.argmax(-1)) & mask).sum())
+        log_t, log_s = F.log_softmax(teacher, -1), F.log_softmax(student, -1)
+        kl_total += float(((log_t.exp() * (log_t - log_s)).sum(-1) * mask).sum())
+        tokens += int(mask.sum())
+    if tokens == 0:
+        raise ValueError("nothing to compare: the evaluation data produced no predicted tokens")
+    return {"tokens": tokens, "top1_agreement": agree / tokens, "kl_per_token": kl_total / tokens}
