@@ -187,21 +187,18 @@ def test_training_loss_skips_the_logits_and_equals_the_plain_loss():
                 torch.testing.assert_close(g_fast, g_plain)
 
 
-def test_inference_masks_follow_the_wave_parameters():
-    """Evaluation reuses rendered masks; an optimizer step or a loaded state must not leave them stale."""
-    ids = torch.randint(0, 37, (1, 12), generator=torch.Generator().manual_seed(9))
+def test_decoding_renders_the_masks_once_and_beam_reordering_keeps_them():
     model = tiny_model(dtype=torch.float64).eval()
-    mixer = model.model.layers[0].mixer
+    ids = torch.randint(0, 37, (2, 12), generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
-        before = model(ids).logits
-        torch.testing.assert_close(mixer.masks(12, torch.float64, "cpu"), mixer._render_masks(12, torch.float64, "cpu"))
-        mixer.freqs.mul_(1.5)  # what an optimizer step does: in place
-        after = model(ids).logits
-        torch.testing.assert_close(mixer.masks(12, torch.float64, "cpu"), mixer._render_masks(12, torch.float64, "cpu"))
-        fresh = tiny_model(dtype=torch.float64).eval()
-        fresh.load_state_dict(model.state_dict())
-        torch.testing.assert_close(fresh(ids).logits, after, rtol=0, atol=0)
-    assert not torch.allclose(before, after)
+        cache = model(ids[:, :8], use_cache=True).cache
+        masks = cache.layers[0].constants["masks"]
+        assert masks.shape[-1] == model.config.seq_len
+        cache.reorder_cache(torch.tensor([1, 1]))
+        assert cache.layers[0].constants["masks"] is masks
+        stepped = model(ids[1:, 8:].expand(2, -1), cache=cache, use_cache=True).logits
+        full = model(ids[1:].expand(2, -1), use_cache=False).logits[:, 8:]
+    torch.testing.assert_close(stepped, full)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

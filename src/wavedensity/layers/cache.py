@@ -17,7 +17,8 @@ from transformers.cache_utils import Cache
 
 
 class WDALayerState:
-    """One layer's decoding state: named batch-first tensors plus the number of positions seen."""
+    """One layer's decoding state: named batch-first tensors, tensors that do not depend on the batch
+    (``constants``: the rendered wave masks, untouched by beam reordering), and the positions seen."""
 
     is_sliding = False
     is_compileable = False
@@ -26,6 +27,7 @@ class WDALayerState:
 
     def __init__(self):
         self.tensors: dict[str, torch.Tensor] = {}
+        self.constants: dict[str, torch.Tensor] = {}
         self.length = 0
 
     @property
@@ -49,6 +51,7 @@ class WDALayerState:
 
     def reset(self) -> None:
         self.tensors.clear()
+        self.constants.clear()
         self.length = 0
 
     def _map(self, fn) -> None:

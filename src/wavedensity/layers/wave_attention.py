@@ -101,7 +101,6 @@ class WaveDensityAttention(nn.Module):
             self.content_q_proj = nn.Linear(d, h * self.content_rank, bias=False)
             self.content_k_proj = nn.Linear(d, h * self.content_rank, bias=False)
         self._fixed_content: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._inference_masks: tuple[tuple, torch.Tensor] | None = None  # see masks()
         if self.routing == "pooled":
             warnings.warn(
                 "routing='pooled' is the release's semantics: every position routes on the mean of the whole "
@@ -133,25 +132,21 @@ class WaveDensityAttention(nn.Module):
     # ---- pieces, public so pictures and tests can look inside -------------------------------
 
     def masks(self, num_distances: int, dtype: torch.dtype, device) -> torch.Tensor:
-        """Wave masks ``[H, M, N]`` at causal distances ``0 .. N-1`` (encoding built in float32 like the release).
-
-        Without autograd (evaluation, decoding) the masks of all ``seq_len`` distances are rendered once
-        and reused until a wave parameter changes: a decoding step would otherwise spend ~10% of its
-        time on the sines of the same masks.
-        """
-        if torch.is_grad_enabled():
-            return self._render_masks(num_distances, dtype, device)
-        waves = (self.freqs, self.amps, self.phases)
-        key = (dtype, torch.device(device), *((w.data_ptr(), w._version) for w in waves))
-        if self._inference_masks is None or self._inference_masks[0] != key:
-            self._inference_masks = (key, self._render_masks(self.seq_len, dtype, device))
-        return self._inference_masks[1][..., :num_distances]
-
-    def _render_masks(self, num_distances: int, dtype: torch.dtype, device) -> torch.Tensor:
+        """Wave masks ``[H, M, N]`` at causal distances ``0 .. N-1`` (encoding built in float32 like the release)."""
         encoding = relative_encoding(self.seq_len, device=device)[self.seq_len - 1 : self.seq_len - 1 + num_distances]
         return wave_masks(
             self.freqs.to(dtype), self.amps.to(dtype), self.phases.to(dtype), encoding.to(dtype), self.use_sin_waves
         )
+
+    def decoding_masks(self, num_distances: int, dtype: torch.dtype, device, state: WDALayerState | None):
+        """``masks`` for a forward pass; a decoding state renders all ``seq_len`` distances once per
+        generation and reuses them (each step would otherwise spend ~10% of its time on the same sines)."""
+        if state is None or torch.is_grad_enabled():
+            return self.masks(num_distances, dtype, device)
+        rendered = state.constants.get("masks")
+        if rendered is None or rendered.dtype != dtype:
+            rendered = state.constants["masks"] = self.masks(self.seq_len, dtype, device)
+        return rendered[..., :num_distances]
 
     def routing_summary(self, x: torch.Tensor, state: WDALayerState | None = None) -> torch.Tensor:
         """The context summary each position routes on: ``[B, S, D]`` (prefix) or ``[B, 1, D]`` (pooled)."""
@@ -205,11 +200,12 @@ class WaveDensityAttention(nn.Module):
             return "dense" if rows <= DENSE_PER_POSITION_MAX_LEN else "tiled"
         return path
 
-    def apply_kernels(self, weights: torch.Tensor, u: torch.Tensor, offset: int) -> torch.Tensor:
+    def apply_kernels(self, weights: torch.Tensor, u: torch.Tensor, offset: int,
+                      state: WDALayerState | None = None) -> torch.Tensor:
         """``o_t = sum_d Dn_t(d) u_{t-d}`` for the ``T`` new rows; u holds all ``offset + T`` positions."""
         dtype, device = u.dtype, u.device
         rows = u.shape[-2] - offset
-        masks = self.masks(u.shape[-2], dtype, device)
+        masks = self.decoding_masks(u.shape[-2], dtype, device, state)
         to_density = self.density_fn(dtype, device)
         per_sequence = self.routing != "prefix" and offset == 0
         path = self.pick_path(rows, per_sequence)
@@ -256,7 +252,7 @@ class WaveDensityAttention(nn.Module):
         weights = self.routing_weights(x, state)
         # Kernels, Toeplitz products and the content path run in float32 even under bf16 autocast.
         with torch.autocast(x.device.type, enabled=False):
-            o = self.apply_kernels(weights, u, offset)
+            o = self.apply_kernels(weights, u, offset, state)
             ctx = o[..., 1:] / (o[..., :1] + 1e-8)
             if self.content_mix > 0:
                 q_feat, k_feat = self.content_features(x)
