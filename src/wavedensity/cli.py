@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .generation import load_model
+from .train.config import DISTRIBUTED_STRATEGIES
 
 DEFAULT_PROMPT_TEXT = "The quick brown fox jumps over the lazy dog."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -366,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_p.add_argument("--save-every", type=int)
     train_p.add_argument("--tokenizer", metavar="KIND", help="char, bpe:N, or a tokenizer path / hub name")
     train_p.add_argument("--grad-accum", type=int, help="micro-steps per optimizer step (the batch stays batch_size)")
-    train_p.add_argument("--distributed", choices=["ddp", "fsdp2"], help="under torchrun: replicate (ddp, default) "
+    train_p.add_argument("--distributed", choices=DISTRIBUTED_STRATEGIES, help="under torchrun: replicate (ddp, default) "
                          "or shard (fsdp2) the model")
     train_p.add_argument("--model-preset", metavar="NAME", help="model preset (cpu-tiny, cpu-small, wda-130m)")
     train_p.add_argument("--mixer", choices=["wda", "softmax"])

@@ -6,15 +6,15 @@ process and every helper here reduces to the single-process behaviour.
 
 A trainer calls, in order::
 
-    runtime = start(config.device)                 # process group from RANK / WORLD_SIZE / LOCAL_RANK
+    runtime = start(config.device)                  # process group from RANK / WORLD_SIZE / LOCAL_RANK
     layout = BatchLayout(batch_size, grad_accum, runtime.world_size)
-    wrapped = wrap_model(model, runtime, "ddp")    # or "fsdp2"; build the optimizer after this
+    wrapped = wrap_model(model, runtime, "ddp")     # or "fsdp2"; build the optimizer after this
     batches = ShardedBatches(sampler, layout, runtime)
     for step ...:
-        micro_batches = batches.get(step)          # this rank's rows of the step's global batch
-        with gradient_sync(wrapped, micro == last): forward + backward
-    optimizer step (clip_grad_norm_ and grad_norm_value see the whole gradient)
-    model_state = full_model_state(model)          # collective; None when the module is whole
+        for micro, (ids, labels) in enumerate(batches.get(step)):   # this rank's rows of the step
+            with gradient_sync(wrapped, micro == last): forward + backward
+        clip, optimizer step                        # gradients are whole and equal on every rank
+    model_state = full_model_state(model)           # every rank calls (a collective under FSDP2)
     optimizer_state = full_optimizer_state(model, optimizer)
     if runtime.is_main: write files
     barrier(runtime); stop(runtime)
@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..data import DataError
 from .config import DISTRIBUTED_STRATEGIES, ConfigError
 
 
@@ -116,7 +117,7 @@ def check_same_on_all_ranks(runtime: Runtime, value: str, what: str) -> None:
     digests = [None] * runtime.world_size
     dist.all_gather_object(digests, digest)
     if len(set(digests)) > 1:
-        raise RuntimeError(f"ranks disagree on {what} (one digest per rank: {digests}); every rank must read "
+        raise DataError(f"ranks disagree on {what} (one digest per rank: {digests}); every rank must read "
                            "the same data and settings")
 
 
