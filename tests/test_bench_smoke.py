@@ -149,3 +149,15 @@ def test_transplant_smoke(one_thread, tmp_path):
         pytest.skip(f"shared data not found at {quality.SHARED}")
     text = printed_by(transplant.main, ["--smoke", "--out", str(tmp_path)])
     assert "| transplant, teacher-free |" in text and "| WDA from scratch |" in text and "top-1 agreement" in text
+
+
+def test_gpu_check_dry_run(one_thread):
+    from bench import gpu_check
+
+    text = printed_by(gpu_check.main, ["--dry-run"])
+    table = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| measurement")]
+    assert [row.split("|")[1].strip() for row in table] == [
+        "train tokens/s", "train MFU", "train GFLOP/token (counted)", "decode tokens/s, cached, batch 1",
+        "layer fwd+bwd, S=64", "layer fwd+bwd, S=128", "layer fwd+bwd, S=256",
+        "dense vs FFT Toeplitz (one kernel per sequence)", "train tokens/s, compiled blocks (eager)"]
+    assert "failed" not in text and "skipped" not in text and "out of memory" not in text

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .generation import load_model
+from .train.config import DISTRIBUTED_STRATEGIES
 from .transplant.cli import add_transplant_commands
 
 DEFAULT_PROMPT_TEXT = "The quick brown fox jumps over the lazy dog."
@@ -171,13 +172,15 @@ def causality_gap(model, length: int, cut: int) -> tuple[float, float]:
 
 def cmd_train(args) -> int:
     from .train import TrainConfig, preset_train_config, train
+    from .train.distributed import launched_rank
 
     run_config = Path(args.out) / "run.json"
     if args.resume and run_config.is_file() and not (args.config or args.preset):
         config = TrainConfig.from_file(run_config)  # resume the run as it was configured
     else:
         config = TrainConfig.from_file(args.config) if args.config else preset_train_config(args.preset or "cpu-char")
-    overrides = {"steps": args.steps, "seed": args.seed, "save_every": args.save_every, "tokenizer": args.tokenizer}
+    overrides = {"steps": args.steps, "seed": args.seed, "save_every": args.save_every, "tokenizer": args.tokenizer,
+                 "grad_accum": args.grad_accum, "distributed": args.distributed}
     values = {**config.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
     if args.data:
         values["data"] = args.data
@@ -188,6 +191,8 @@ def cmd_train(args) -> int:
     values["model"] = {**values["model"], **{k: v for k, v in (("mixer", args.mixer), ("routing", args.routing)) if v}}
     config = TrainConfig.from_dict(values, where="wda train")
     result = train(config, args.out, resume=args.resume)
+    if launched_rank() != 0:  # under torchrun only rank 0 reports
+        return 0
     print(f"done: {args.out}/final (val loss {result.get('loss', float('nan')):.4f}, "
           f"{result.get('bits_per_byte', float('nan')):.3f} bits/byte); curves in {args.out}/curves.png")
     return 0
@@ -237,7 +242,12 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .generation import chat_prompt, complete, load_model_and_tokenizer, sampling_kwargs
+    from .generation import (
+        chat_prompt,
+        complete,
+        load_model_and_tokenizer,
+        sampling_kwargs,
+    )
 
     model, tokenizer = load_model_and_tokenizer(args.model)
     sampling = sampling_kwargs(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
@@ -362,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_p.add_argument("--seed", type=int)
     train_p.add_argument("--save-every", type=int)
     train_p.add_argument("--tokenizer", metavar="KIND", help="char, bpe:N, or a tokenizer path / hub name")
+    train_p.add_argument("--grad-accum", type=int, help="micro-steps per optimizer step (the batch stays batch_size)")
+    train_p.add_argument("--distributed", choices=DISTRIBUTED_STRATEGIES, help="under torchrun: replicate (ddp, default) "
+                         "or shard (fsdp2) the model")
     train_p.add_argument("--model-preset", metavar="NAME", help="model preset (cpu-tiny, cpu-small, wda-130m)")
     train_p.add_argument("--mixer", choices=["wda", "softmax"])
     train_p.add_argument("--routing", choices=["prefix", "static", "pooled"])

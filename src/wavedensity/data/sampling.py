@@ -1,7 +1,9 @@
 """Training batches and evaluation windows over a tokenised corpus.
 
-A batch is a pure function of (seed, step): nothing depends on what was drawn before, so a run
-resumed at step k gets exactly the batch an uninterrupted run got at step k.
+A sampler is an endless stream of rows, row ``i`` a pure function of (seed, i); batch ``step`` is
+rows ``step * B .. (step + 1) * B - 1``. Nothing depends on what was drawn before, so a run resumed
+at step k gets exactly the batch an uninterrupted run got at step k, and ranks of a distributed run
+can each read their own rows of the batch (``rows``).
 """
 
 import hashlib
@@ -63,7 +65,11 @@ class BlockSampler:
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids [B, seq_len], labels [B, seq_len]) of training step ``step``."""
-        return _stack([self.row(step * self.batch_size + b) for b in range(self.batch_size)])
+        return self.rows(range(step * self.batch_size, (step + 1) * self.batch_size))
+
+    def rows(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``indices`` of the stream, stacked: (input_ids [len, seq_len], labels [len, seq_len])."""
+        return _stack([self.row(index) for index in indices])
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
@@ -106,13 +112,17 @@ class Mixture:
         rows = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)
         return self.schedule[rows % MIXTURE_PERIOD]
 
+    def row(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row ``index`` of the mixed stream: the next unread row of the source its slot names."""
+        cycle, slot = divmod(index, MIXTURE_PERIOD)
+        source = int(self.schedule[slot])
+        return self.samplers[source].row(cycle * self.counts[source] + int(self.rank[slot]))
+
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = []
-        for row in range(step * self.batch_size, (step + 1) * self.batch_size):
-            cycle, slot = divmod(row, MIXTURE_PERIOD)
-            source = int(self.schedule[slot])
-            rows.append(self.samplers[source].row(cycle * self.counts[source] + int(self.rank[slot])))
-        return _stack(rows)
+        return self.rows(range(step * self.batch_size, (step + 1) * self.batch_size))
+
+    def rows(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return _stack([self.row(index) for index in indices])
 
 
 def eval_blocks(corpus: TokenizedCorpus, seq_len: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

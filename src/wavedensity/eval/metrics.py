@@ -4,6 +4,7 @@ Bits per byte = total nats / (ln 2 x UTF-8 bytes of the predicted tokens), so mo
 different tokenizers are compared on the same text.
 """
 
+import contextlib
 import math
 
 import torch
@@ -48,21 +49,35 @@ def batched_windows(windows, batch_size: int, max_windows: int | None = None):
 
 
 @torch.no_grad()
-def evaluate(model, windows, *, per_prefix: bool = False, max_windows: int | None = None, batch_size: int = 16) -> dict:
+def evaluate(model, windows, *, per_prefix: bool = False, max_windows: int | None = None, batch_size: int = 16,
+             rank: int = 0, world_size: int = 1) -> dict:
     """Loss over evaluation windows ``(input_ids [S], labels [S], label_bytes [S])``.
 
     Returns loss per predicted token (nats), perplexity, bits per byte and the counts behind them.
+    In a torch.distributed run (``world_size`` > 1) rank r evaluates batches r, r + world_size, ...
+    and the sums are all-reduced, so every rank returns the numbers of the whole set.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    nats_total, tokens, n_bytes = 0.0, 0, 0
-    for input_ids, labels, label_bytes in batched_windows(windows, batch_size, max_windows):
+    batches = list(batched_windows(windows, batch_size, max_windows))
+    if not batches:
+        raise ValueError("nothing to evaluate: no evaluation windows")
+    sums = torch.zeros(3, dtype=torch.float64)  # nats, predicted tokens, bytes
+    # Every rank runs the same number of passes (the last rounds repeat a batch and discard it):
+    # a sharded (FSDP2) model gathers its parameters collectively in each pass.
+    rounds = -(-len(batches) // world_size)
+    for index in range(rank, rounds * world_size, world_size):
+        input_ids, labels, label_bytes = batches[min(index, len(batches) - 1)]
         nats = (per_prefix_nats if per_prefix else token_nats)(model, input_ids.to(device), labels.to(device))
-        nats_total += float(nats.sum())
-        tokens += int((labels != -100).sum())
-        n_bytes += int(label_bytes.sum())
+        if index < len(batches):
+            sums += torch.tensor([float(nats.sum()), int((labels != -100).sum()), int(label_bytes.sum())],
+                                 dtype=torch.float64)
+    if world_size > 1:
+        sums = sums.to(device)  # NCCL reduces GPU tensors only
+        torch.distributed.all_reduce(sums)
     model.train(was_training)
+    nats_total, tokens, n_bytes = float(sums[0]), int(sums[1]), int(sums[2])
     if tokens == 0:
         raise ValueError("nothing to evaluate: the evaluation data produced no predicted tokens")
     loss = nats_total / tokens
@@ -76,12 +91,13 @@ def evaluate(model, windows, *, per_prefix: bool = False, max_windows: int | Non
 
 
 @torch.no_grad()
-def routing_health(model, input_ids: torch.Tensor) -> dict:
+def routing_health(model, input_ids: torch.Tensor, whole=lambda layer: contextlib.nullcontext()) -> dict:
     """Mask usage of every WDA layer on a batch: how evenly the masks are used.
 
     usage[h, m] = mean routing weight of mask m in head h over batch and positions. The entropy of
     that distribution (nats) and its exponential, the effective number of masks used, fall when
     routing collapses onto few masks; they are reported as means over layers and heads.
+    ``whole(layer)``: a context in which the layer's parameters are whole (FSDP2 shards them between passes).
     """
     if model.config.mixer != "wda":
         return {}
@@ -90,7 +106,8 @@ def routing_health(model, input_ids: torch.Tensor) -> dict:
     hidden = model(input_ids, use_cache=False, output_hidden_states=True).hidden_states
     entropies = []
     for index, layer in enumerate(model.model.layers):
-        weights = layer.mixer.routing_weights(hidden[index])  # [B|1, H, T, M]
+        with whole(layer):
+            weights = layer.mixer.routing_weights(hidden[index])  # [B|1, H, T, M]
         usage = weights.float().mean(dim=(0, 2))
         usage = usage / usage.sum(-1, keepdim=True)
         entropies.append(-(usage * usage.clamp_min(1e-12).log()).sum(-1))

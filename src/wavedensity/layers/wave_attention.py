@@ -29,9 +29,17 @@ from ..ops import (
 )
 from .cache import WDALayerState
 
-# Below these lengths the dense paths beat FFT / tiling on the machines we measured (see docs/benchmarks.md).
-DENSE_CONV_MAX_LEN = 256
+# One kernel per sequence: up to this length (per device type) the dense Toeplitz product beats the
+# FFT. CPU: measured by bench/toeplitz_paths.py (docs/benchmarks.md). CUDA: an estimate (batched
+# GEMMs are cheap there, FFTs cost a few kernel launches) until bench/gpu_check.py measures it.
+DENSE_CONV_MAX_LEN = {"cpu": 256, "cuda": 1024}
+# Per-position kernels: above this length rows are tiled to bound memory (docs/benchmarks.md).
 DENSE_PER_POSITION_MAX_LEN = 512
+
+
+def dense_conv_max_len(device_type: str) -> int:
+    """The longest sequence for which ``auto`` applies one kernel per sequence densely, on this device type."""
+    return DENSE_CONV_MAX_LEN.get(device_type, DENSE_CONV_MAX_LEN["cpu"])
 
 
 class NonCausalRoutingWarning(UserWarning):
@@ -185,8 +193,9 @@ class WaveDensityAttention(nn.Module):
             density, window=window, attn_alpha=self.attn_alpha, stochastic=self.training, **self.sampling
         )
 
-    def pick_path(self, rows: int, per_sequence: bool) -> str:
-        """The Toeplitz path for ``rows`` new positions; ``per_sequence``: one kernel serves them all."""
+    def pick_path(self, rows: int, per_sequence: bool, device_type: str = "cpu") -> str:
+        """The Toeplitz path for ``rows`` new positions on ``device_type``; ``per_sequence``: one kernel
+        serves them all."""
         path = self.toeplitz_path
         if not per_sequence and path == "fft":
             path = "auto"  # a cached continuation has per-row kernels even under static routing
@@ -196,7 +205,7 @@ class WaveDensityAttention(nn.Module):
             path = "auto"
         if path == "auto":
             if per_sequence and not (self.sampling["sampling"] and self.training):
-                return "dense" if rows <= DENSE_CONV_MAX_LEN else "fft"
+                return "dense" if rows <= dense_conv_max_len(device_type) else "fft"
             return "dense" if rows <= DENSE_PER_POSITION_MAX_LEN else "tiled"
         return path
 
@@ -208,7 +217,7 @@ class WaveDensityAttention(nn.Module):
         masks = self.decoding_masks(u.shape[-2], dtype, device, state)
         to_density = self.density_fn(dtype, device)
         per_sequence = self.routing != "prefix" and offset == 0
-        path = self.pick_path(rows, per_sequence)
+        path = self.pick_path(rows, per_sequence, device.type)
         if per_sequence and path in ("fft", "dense"):
             kernel = to_density((weights.to(dtype) @ masks).squeeze(-2))  # [B|1, H, S]
             return causal_conv_fft(kernel, u) if path == "fft" else causal_conv_dense(kernel, u)

@@ -21,7 +21,10 @@ def gate_weights(logits: torch.Tensor, temperature: float, topk: int, mode: str)
     if mode != "topk":
         raise ValueError(f"unknown gate mode {mode!r}; expected one of {GATE_MODES}")
     k = min(topk, soft.shape[-1])
-    index = soft.topk(k, dim=-1).indices
+    # The top-k of the logits is the top-k of the softmax (it is monotonic) without the ties its
+    # rounding can make; it also sidesteps a torch.compile (inductor, torch 2.13) miscompilation of
+    # a scatter at the softmax's top-k indices under autograd (docs/distributed.md).
+    index = logits.topk(k, dim=-1).indices
     hard = torch.zeros_like(soft).scatter(-1, index, 1.0 / k)
     return soft + (hard - soft).detach()
 

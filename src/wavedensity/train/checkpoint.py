@@ -43,9 +43,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split ``optimizer.state_dict()`` into tensors (for safetensors) and a JSON-able remainder."""
-    state = optimizer.state_dict()
+def optimizer_tensors(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an ``optimizer.state_dict()`` into tensors (for safetensors) and a JSON-able remainder."""
     tensors, plain_state = {}, {}
     for index, entries in state["state"].items():
         plain_state[str(index)] = {}
@@ -57,14 +56,15 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
     return tensors, {"state": plain_state, "param_groups": state["param_groups"]}
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """The ``optimizer.state_dict()`` that ``optimizer_tensors`` split."""
     state = {}
     for index, plain in meta["state"].items():
         state[int(index)] = dict(plain)
     for name, tensor in tensors.items():
         _, index, key = name.split(".", 2)
         state.setdefault(int(index), {})[key] = tensor
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def rng_tensors() -> dict[str, torch.Tensor]:
@@ -76,23 +76,31 @@ def rng_tensors() -> dict[str, torch.Tensor]:
 
 def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    cuda = [tensors[f"rng.cuda.{i}"] for i in range(sum(k.startswith("rng.cuda.") for k in tensors))]
+    if cuda and torch.cuda.is_available():  # a run resumed on a machine with fewer GPUs restores those it has
+        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, tokenizer, state: dict, keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically; keep the newest ``keep`` complete checkpoints."""
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, tokenizer, state: dict, keep: int = 2, *,
+                    model_state: dict | None = None, optimizer_state: dict | None = None) -> Path:
+    """Write checkpoint ``step`` atomically; keep the newest ``keep`` complete checkpoints.
+
+    ``model_state`` / ``optimizer_state``: whole state dicts gathered from a sharded run (see
+    distributed.py), saved instead of what ``model`` and ``optimizer`` hold locally.
+    """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
     final, tmp = root / name, root / f"{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model.save_pretrained(tmp)
+    if model_state is None:
+        model.save_pretrained(tmp)  # a model, or a stand-in that writes only part of one (an adapter)
+    else:
+        model.save_pretrained(tmp, state_dict=model_state)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
-    tensors, optimizer_meta = optimizer_tensors(optimizer)
+    tensors, optimizer_meta = optimizer_tensors(optimizer.state_dict() if optimizer_state is None else optimizer_state)
     save_file({**tensors, **rng_tensors()}, tmp / "optimizer.safetensors")
     with open(tmp / "trainer_state.json", "w", encoding="utf-8") as f:
         json.dump({"step": step, "optimizer": optimizer_meta, **state}, f, indent=1)
@@ -125,13 +133,18 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path
 
 
-def load_training_state(checkpoint: Path, optimizer) -> dict:
-    """Restore optimizer and RNG states from ``checkpoint``; return its trainer_state.json."""
+def load_training_state(checkpoint: Path, optimizer, load_optimizer=None) -> dict:
+    """Restore optimizer and RNG states from ``checkpoint``; return its trainer_state.json.
+
+    ``load_optimizer(state_dict)`` replaces ``optimizer.load_state_dict`` (sharded runs load the whole
+    state through distributed.load_optimizer_state).
+    """
     try:
         state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
         tensors = load_file(checkpoint / "optimizer.safetensors")
     except Exception as err:  # corrupt JSON or safetensors: name the checkpoint
         raise CheckpointError(f"{checkpoint}: cannot read the training state ({err})") from None
-    restore_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("state.")}, state["optimizer"])
+    saved = optimizer_state({k: v for k, v in tensors.items() if k.startswith("state.")}, state["optimizer"])
+    (load_optimizer or optimizer.load_state_dict)(saved)
     restore_rng(tensors)
     return state

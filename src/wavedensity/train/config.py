@@ -9,6 +9,9 @@ import torch
 from ..jsonfile import read_json
 
 
+DISTRIBUTED_STRATEGIES = ("ddp", "fsdp2")  # see distributed.py
+
+
 class ConfigError(ValueError):
     """A training config that cannot be used; the message names the file and key."""
 
@@ -30,6 +33,8 @@ class TrainConfig:
     max_examples: int = 0  # cap on examples read per source (0 = all); hf: sources need one
     # optimisation
     steps: int = 1000
+    # rows per optimizer step over all ranks and micro-steps (the global batch): each rank puts
+    # batch_size / (grad_accum x world size) rows through each forward pass
     batch_size: int = 16
     grad_accum: int = 1
     lr: float = 1e-3
@@ -41,7 +46,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" = cuda when available, else cpu
     autocast: str = "auto"  # "auto" = bf16 on devices with native bf16 (CUDA), off on CPU; "bf16"; "off"
-    compile: bool = False
+    compile: bool = False  # torch.compile each block (the hot path; see docs/distributed.md for graph breaks)
+    distributed: str = "ddp"  # under torchrun: "ddp" (replicated model) or "fsdp2" (parameters sharded, fully_shard)
     # bookkeeping
     eval_every: int = 200
     eval_batches: int = 20
@@ -57,6 +63,8 @@ class TrainConfig:
             raise ConfigError(f"{where}: val_fraction must lie in (0, 1), got {self.val_fraction}")
         if self.split not in ("auto", "documents", "tail"):
             raise ConfigError(f"{where}: split must be 'auto', 'documents' or 'tail', got {self.split!r}")
+        if self.distributed not in DISTRIBUTED_STRATEGIES:
+            raise ConfigError(f"{where}: distributed must be one of {DISTRIBUTED_STRATEGIES}, got {self.distributed!r}")
         if self.autocast not in ("auto", "bf16", "off"):
             raise ConfigError(f"{where}: autocast must be 'auto', 'bf16' or 'off', got {self.autocast!r}")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:

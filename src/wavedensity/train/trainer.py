@@ -4,6 +4,9 @@ A run lives in one output directory: ``run.json`` (the config), ``metrics.jsonl`
 ``checkpoints/`` (see checkpoint.py) and ``final/`` (the last model with its tokenizer). The batch
 of every step is a pure function of (seed, step), so ``resume`` continues exactly where the last
 checkpoint left off.
+
+Under ``torchrun`` the same loop runs on every rank (distributed.py): each reads its own rows of the
+step's global batch, gradients are averaged by DDP or FSDP2, and only rank 0 writes files.
 """
 
 import contextlib
@@ -29,8 +32,10 @@ from ..data import (
     split_train_val,
     tokenize_examples,
 )
+from ..data.sampling import IGNORE, derive_seed
 from ..eval import evaluate, routing_health
 from ..models import WDAConfig, WDAForCausalLM, preset_config
+from . import distributed
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .config import ConfigError, TrainConfig
 
@@ -53,7 +58,10 @@ NO_DECAY = ("freqs", "amps", "phases", "mod_basis", "static_logits", "static_sca
 
 
 def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices and embeddings, not on biases, norms or wave parameters."""
+    """AdamW; weight decay on matrices and embeddings, not on biases, norms or wave parameters.
+
+    On CUDA the fused kernel updates every parameter in one launch per group.
+    """
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -141,10 +149,16 @@ def prepare_data(config: TrainConfig, tokenizer=None):
 
 
 class MetricsLog:
-    """``metrics.jsonl`` (and TensorBoard when installed); on resume, rows past the checkpoint are dropped."""
+    """``metrics.jsonl`` (and TensorBoard when installed); on resume, rows past the checkpoint are dropped.
 
-    def __init__(self, run_dir: Path, resume_step: int | None):
-        self.path = run_dir / "metrics.jsonl"
+    ``writes=False`` (ranks other than 0) keeps the rows in memory and touches no file.
+    """
+
+    def __init__(self, run_dir: Path, resume_step: int | None, writes: bool = True):
+        self.path, self.writes, self.tensorboard = run_dir / "metrics.jsonl", writes, None
+        self.rows = []
+        if not writes:
+            return
         rows = []
         if resume_step is not None and self.path.is_file():
             rows = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line]
@@ -162,6 +176,8 @@ class MetricsLog:
 
     def write(self, row: dict) -> None:
         self.rows.append(row)
+        if not self.writes:
+            return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         if self.tensorboard is not None:
@@ -209,16 +225,25 @@ def check_run_dir(run_dir: Path, resume: bool) -> Path | None:
     return checkpoint
 
 
+# Settings a resume may change: how the global batch is split and sharded leaves the optimisation as it was.
+RESUME_MAY_CHANGE = ("steps", "grad_accum", "distributed")
+
+
 def resumed_config(checkpoint: Path, config: TrainConfig, log) -> TrainConfig:
-    """The run's own settings; only ``steps`` may change on resume (it reshapes the cosine schedule)."""
+    """The run's own settings; only RESUME_MAY_CHANGE may differ (``steps`` reshapes the cosine schedule)."""
     saved = type(config).from_dict(
         json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["config"], where=str(checkpoint))
-    changed = sorted(k for k, v in config.to_dict().items() if k != "steps" and saved.to_dict()[k] != v)
+    old, new = saved.to_dict(), config.to_dict()
+    changed = sorted(k for k, v in new.items() if k not in RESUME_MAY_CHANGE and old[k] != v)
     if changed:
-        raise ConfigError(f"{checkpoint}: resume keeps the run's settings, but {changed} differ from them")
+        raise ConfigError(f"{checkpoint}: resume keeps the run's settings, but {changed} differ from them "
+                          f"(only {list(RESUME_MAY_CHANGE)} may change)")
     if config.steps != saved.steps:
         log(f"resume: steps {saved.steps} -> {config.steps} (the learning-rate schedule is stretched accordingly)")
-    return type(config).from_dict({**saved.to_dict(), "steps": config.steps}, where=str(checkpoint))
+    for key in ("grad_accum", "distributed"):
+        if key in old and old[key] != new[key]:
+            log(f"resume: {key} {old[key]} -> {new[key]}")
+    return type(config).from_dict({**old, **{k: new[k] for k in RESUME_MAY_CHANGE if k in new}}, where=str(checkpoint))
 
 
 def check_model_settings(config: TrainConfig) -> None:
@@ -234,17 +259,35 @@ def check_model_settings(config: TrainConfig) -> None:
 
 
 def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool = True, log=print) -> dict:
-    """Train a model as ``config`` says, in ``run_dir``; return the final validation metrics."""
-    run_dir = Path(run_dir)
+    """Train a model as ``config`` says, in ``run_dir``; return the final validation metrics.
+
+    Under torchrun every rank calls this; see distributed.py for what each rank does.
+    """
+    runtime = distributed.start(config.device)
+    try:
+        result = _train(config, Path(run_dir), runtime, resume=resume, progress=progress and runtime.is_main,
+                        log=log if runtime.is_main else lambda message: None)
+        distributed.barrier(runtime)  # rank 0 has written the final model before any rank returns
+        return result
+    finally:
+        distributed.stop(runtime)
+
+
+def _train(config: TrainConfig, run_dir: Path, runtime, *, resume: bool, progress: bool, log) -> dict:
     checkpoint = check_run_dir(run_dir, resume)
     if checkpoint is not None:
         config = resumed_config(checkpoint, config, log)
     check_model_settings(config)
-    device = resolve_device(config.device)
+    layout = distributed.BatchLayout(config.batch_size, config.grad_accum, runtime.world_size)
+    device = runtime.device
+    distributed.barrier(runtime)  # every rank has looked at run_dir before rank 0 writes to it
 
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(checkpoint) if checkpoint is not None else None
     tokenizer, corpora, val_corpus = prepare_data(config, tokenizer)
+    distributed.check_same_on_all_ranks(
+        runtime, json.dumps([sorted(tokenizer.get_vocab().items()), [len(c) for c, _ in corpora], len(val_corpus)]),
+        "the tokenizer and the data")
     if checkpoint is not None:
         model = WDAForCausalLM.from_pretrained(checkpoint)
     else:
@@ -255,75 +298,116 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, progress: bool 
     # generate() stops at the tokenizer's end-of-text token
     model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.to(device).train()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
+    if runtime.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
+    if config.compile:
+        for block in model.model.layers:  # the hot path; the model's input checks stay eager
+            block.compile()
+    # the released gate passes no gradient to its MLPs, which DDP must be told
+    no_gradient = model.config.mixer == "wda" and model.config.gate == "release"
+    trained = distributed.wrap_model(model, runtime, config.distributed, blocks=model.model.layers,
+                                     find_unused_parameters=no_gradient)
     optimizer = make_optimizer(model, config)
     start = 0
     if checkpoint is not None:
-        start = load_training_state(checkpoint, optimizer)["step"]
+        start = load_training_state(checkpoint, optimizer,
+                                    lambda state: distributed.load_optimizer_state(model, optimizer, state))["step"]
         log(f"resuming {run_dir} from step {start}")
+    if runtime.rank > 0:  # random draws (the stochastic density) differ between ranks, as rows do
+        torch.manual_seed(derive_seed(config.seed, "rank", runtime.rank, start))
     seq_len = model.config.seq_len
     if len(corpora) == 1:
         sampler = BlockSampler(corpora[0][0], seq_len, config.batch_size, config.seed)
     else:
         sampler = Mixture(corpora, seq_len, config.batch_size, config.seed)
+    health_ids = sampler.rows(range(min(4, config.batch_size)))[0].to(device)  # the same rows on every rank
     val_windows = list(eval_blocks(val_corpus, seq_len))
-    metrics = MetricsLog(run_dir, start if checkpoint is not None else None)
-    forward_compiled = torch.compile(model) if config.compile else model
+    metrics = MetricsLog(run_dir, start if checkpoint is not None else None, writes=runtime.is_main)
     log(f"model: {model.num_parameters():,} parameters, mixer={model.config.mixer}, routing={model.config.routing}, "
-        f"tokenizer={config.tokenizer} ({len(tokenizer)} tokens), {len(val_windows)} validation windows")
+        f"tokenizer={config.tokenizer} ({len(tokenizer)} tokens), {len(val_windows)} validation windows; "
+        f"batch {config.batch_size} = {layout.micro_batch} rows x {runtime.world_size} rank(s) x "
+        f"{config.grad_accum} micro-step(s), device {device}")
 
     def validate(step: int) -> dict:
         # periodic evaluations use the first windows of the validation data; the last one uses them all
         every = None if step == config.steps else config.eval_batches * config.batch_size
-        result = evaluate(model, val_windows, max_windows=every, batch_size=config.batch_size)
-        health = routing_health(model, sampler.batch(0)[0][: min(4, config.batch_size)].to(device))
+        result = evaluate(model, val_windows, max_windows=every, batch_size=layout.micro_batch,
+                          rank=runtime.rank, world_size=runtime.world_size)
+        health = routing_health(model, health_ids, whole=distributed.unsharded)
         row = {"step": step, "kind": "val", **result, **health}
         metrics.write(row)
         return row
 
     def save(step: int) -> None:
-        state = {"config": config.to_dict(), "tokens_seen": step * config.batch_size * config.grad_accum * seq_len}
-        save_checkpoint(run_dir, step, model, optimizer, tokenizer, state)
+        model_state = distributed.full_model_state(model)  # collectives: every rank takes part
+        optimizer_state = distributed.full_optimizer_state(model, optimizer)
+        if runtime.is_main:
+            state = {"config": config.to_dict(), "tokens_seen": step * config.batch_size * seq_len}
+            save_checkpoint(run_dir, step, model, optimizer, tokenizer, state, model_state=model_state,
+                            optimizer_state=optimizer_state)
 
+    batches = distributed.ShardedBatches(sampler, layout, runtime)
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc="train")
-    tokens_per_step = config.batch_size * config.grad_accum * seq_len
+    tokens_per_step = config.batch_size * seq_len
     last_time, last_step = time.perf_counter(), start
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config)
-        total = 0.0
-        for micro in range(config.grad_accum):
-            input_ids, labels = (t.to(device) for t in sampler.batch(step * config.grad_accum + micro))
-            with autocast_context(config, device):  # the loss runs chunk by chunk, without all logits
-                loss = forward_compiled(input_ids, shift_labels=labels, use_cache=False).loss
-            (loss / config.grad_accum).backward()
-            total += loss.detach() / config.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            now = time.perf_counter()
-            row = {"step": done, "kind": "train", "loss": float(total), "lr": lr_at(step, config),
-                   "grad_norm": float(grad_norm),
-                   "tokens_per_s": tokens_per_step * (done - last_step) / (now - last_time)}
-            metrics.write(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            last_time, last_step = now, done
-        if done % config.eval_every == 0 or done == config.steps:
-            row = validate(done)
-            bar.write(f"step {done}: val loss {row['loss']:.4f} (ppl {row['perplexity']:.2f}, "
-                      f"{row['bits_per_byte']:.3f} bits/byte)")
-        if done % config.save_every == 0 or done == config.steps:
-            save(done)
-        if done % config.eval_every == 0 or done % config.save_every == 0:
-            last_time, last_step = time.perf_counter(), done  # evaluation and saving are not training
+    try:
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, config)
+            nats, counted, grad_norm = train_step(trained, model, optimizer, batches.get(step), config, runtime)
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                now = time.perf_counter()
+                row = {"step": done, "kind": "train",
+                       "loss": float(distributed.all_reduce_sum(nats, runtime) / counted.clamp_min(1)),
+                       "lr": lr_at(step, config), "grad_norm": distributed.grad_norm_value(grad_norm),
+                       "tokens_per_s": tokens_per_step * (done - last_step) / (now - last_time)}
+                metrics.write(row)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+                last_time, last_step = now, done
+            if done % config.eval_every == 0 or done == config.steps:
+                row = validate(done)
+                if runtime.is_main:
+                    bar.write(f"step {done}: val loss {row['loss']:.4f} (ppl {row['perplexity']:.2f}, "
+                              f"{row['bits_per_byte']:.3f} bits/byte)")
+            if done % config.save_every == 0 or done == config.steps:
+                save(done)
+            if done % config.eval_every == 0 or done % config.save_every == 0:
+                last_time, last_step = time.perf_counter(), done  # evaluation and saving are not training
+    finally:
+        batches.close()
     bar.close()
     final = [r for r in metrics.rows if r["kind"] == "val"]
-    model.save_pretrained(run_dir / "final")
-    tokenizer.save_pretrained(run_dir / "final")
-    plot_curves(metrics.rows, run_dir / "curves.png",
-                f"{config.preset} {model.config.mixer}/{model.config.routing}, seed {config.seed}")
+    model_state = distributed.full_model_state(model)
+    if runtime.is_main:
+        model.save_pretrained(run_dir / "final", state_dict=model_state)
+        tokenizer.save_pretrained(run_dir / "final")
+        plot_curves(metrics.rows, run_dir / "curves.png",
+                    f"{config.preset} {model.config.mixer}/{model.config.routing}, seed {config.seed}")
     metrics.close()
     return final[-1] if final else {}
+
+
+def train_step(trained, model, optimizer, micro_batches, config: TrainConfig, runtime):
+    """One optimizer step over this rank's micro-batches; returns (this rank's summed nats, loss labels
+    of the whole global batch, gradient norm before clipping).
+
+    The step's loss is the mean over every label of the global batch that carries loss: each rank
+    backpropagates its summed nats x world_size / (loss labels of the whole batch), which the
+    average over ranks of DDP / FSDP2 turns into exactly that mean, however the batch is split.
+    """
+    device = runtime.device
+    counted = distributed.all_reduce_sum(sum((labels != IGNORE).sum() for _, labels in micro_batches), runtime)
+    scale = runtime.world_size / counted.clamp_min(1)  # a batch without loss labels adds nothing, not NaN
+    nats = torch.zeros((), device=device)
+    for micro, (input_ids, labels) in enumerate(micro_batches):
+        with distributed.gradient_sync(trained, micro == len(micro_batches) - 1):
+            with autocast_context(config, device):  # num_items 1: summed nats, chunk by chunk, no full logits
+                micro_nats = trained(input_ids, shift_labels=labels, num_items_in_batch=1, use_cache=False).loss
+            (micro_nats * scale).backward()
+        nats += micro_nats.detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return nats, counted, grad_norm

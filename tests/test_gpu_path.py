@@ -1,0 +1,39 @@
+"""The GPU path, checked on the CPU: compiled blocks have no graph breaks, the Toeplitz path choice
+depends on the device, and the device check script runs (tiny sizes)."""
+
+import pytest
+import torch
+import torch._dynamo
+
+from conftest import tiny_config
+from wavedensity.layers import WaveDensityAttention, WDABlock
+
+# Each routing and Toeplitz path a training step can take; compile (the "compile" training setting)
+# compiles each block, so a break here would split the hot path.
+BLOCKS = {
+    "prefix dense": dict(routing="prefix"),
+    "prefix tiled": dict(routing="prefix", toeplitz_path="tiled", tiled_block=16),
+    "static fft": dict(routing="static", toeplitz_path="fft"),
+    "pooled fft": dict(routing="pooled", gate="release", toeplitz_path="fft"),
+    "stochastic density": dict(use_sampling=True, num_samples=2, noise_sigma=0.5),
+    "softmax": dict(mixer="softmax"),
+}
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_a_training_block_compiles_to_one_graph(name):
+    block = WDABlock(tiny_config(**BLOCKS[name])).train()
+    x = torch.randn(2, 48, block.ln_attn.normalized_shape[0], requires_grad=True)
+    try:
+        explained = torch._dynamo.explain(block)(x)
+    finally:
+        torch._dynamo.reset()
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
+def test_toeplitz_path_choice_depends_on_the_device():
+    layer = WaveDensityAttention(tiny_config(routing="static", seq_len=4096)).train()
+    assert [layer.pick_path(n, True, "cpu") for n in (256, 257)] == ["dense", "fft"]
+    assert [layer.pick_path(n, True, "cuda") for n in (257, 1024, 1025)] == ["dense", "dense", "fft"]
+    assert layer.pick_path(4096, False, "cuda") == "tiled"  # per-position kernels tile by memory on every device
