@@ -36,7 +36,7 @@ HUB_USER_SCRIPT = textwrap.dedent("""
     export, ids, out = sys.argv[1], torch.tensor(json.loads(sys.argv[2])), sys.argv[3]
     model = AutoModelForCausalLM.from_pretrained(export, trust_remote_code=True).eval()
     assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
-    tokenizer = AutoTokenizer.from_pretrained(export)
+    tokenizer = AutoTokenizer.from_pretrained(export, trust_remote_code=True)  # transformers 5 reads config.json
     with torch.no_grad():
         logits = model(ids, use_cache=False).logits
         prompt = dict(input_ids=ids[:, :6], attention_mask=torch.ones_like(ids[:, :6]))
@@ -151,6 +151,7 @@ def test_export_loads_without_wavedensity_with_the_same_logits_and_generations(e
     result = run_isolated(python, HUB_USER_SCRIPT, str(out), json.dumps(ids.tolist()), str(tmp_path / "hub.st"),
                           cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "custom code" not in result.stderr and "instantiate a model of type" not in result.stderr, result.stderr
     theirs = load_file(tmp_path / "hub.st")
     with torch.no_grad():
         ours = model(ids, use_cache=False).logits

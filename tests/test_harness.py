@@ -110,6 +110,47 @@ def test_standard_wikitext_task_runs_on_a_local_raw_file(model_dir, tmp_path, ca
     assert report["results"]["wikitext"]["bits_per_byte,none"] == pytest.approx(total / n_bytes / math.log(2), rel=1e-5)
 
 
+GENERATION_TASK = """\
+task: wda_tiny_generation
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {rows}
+  cache_dir: {cache}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{context}}}}"
+doc_to_target: "{{{{target}}}}"
+generation_kwargs:
+  until: ["."]
+  max_gen_toks: 8
+  do_sample: false
+metric_list:
+  - metric: exact_match
+metadata:
+  version: 1.0
+"""
+
+
+def test_generation_task_uses_our_generate_one_prompt_at_a_time(model_dir, tmp_path):
+    from wavedensity.generation import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(model_dir)
+    context = tokenizer("the cat", return_tensors="pt").input_ids
+    with torch.no_grad():
+        new = model.generate(context, max_new_tokens=8, do_sample=False)[0, context.shape[1] :]
+    ours = tokenizer.decode(new).split(".")[0].split(tokenizer.eos_token)[0]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"context": "the cat", "target": ours}) + "\n" +
+                    json.dumps({"context": "the cat", "target": ours + "never"}) + "\n", encoding="utf-8")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "gen.yaml").write_text(GENERATION_TASK.format(rows=rows, cache=tmp_path / "cache"))
+    report = run_harness(model, tokenizer, ["wda_tiny_generation"], include_paths=[str(tmp_path / "tasks")])
+    assert report["results"]["wda_tiny_generation"]["exact_match,none"] == 0.5  # the first row is ours exactly
+    with pytest.raises(HarnessError, match="use --batch-size 1"):
+        run_harness(model, tokenizer, ["wda_tiny_generation"], include_paths=[str(tmp_path / "tasks")], batch_size=2)
+
+
 def test_harness_refuses_what_it_cannot_evaluate_honestly(model_dir, tmp_path, capsys):
     tokenizer = train_char_tokenizer(["abc"])
     pooled = tiny_model(vocab_size=len(tokenizer), routing="pooled")
@@ -122,6 +163,10 @@ def test_harness_refuses_what_it_cannot_evaluate_honestly(model_dir, tmp_path, c
     base = ["eval", "--model", str(model_dir), "--include-path", str(tmp_path / "tasks")]
     code, message = err(base + ["--harness", "wda_gone"])
     assert code == 2 and "task wda_gone: its dataset could not be loaded" in message and "--task-data" in message
+    (tmp_path / "broken.jsonl").write_text("not json\n")
+    code, message = err(["eval", "--model", str(model_dir), "--harness", "wikitext", "--include-path",
+                         str(LM_EVAL_TASKS / "wikitext"), "--task-data", f"wikitext={tmp_path / 'broken.jsonl'}"])
+    assert code == 2 and f"task wikitext: cannot read {tmp_path / 'broken.jsonl'} (JSON parse error" in message
     code, message = err(["eval", "--model", str(model_dir), "--limit", "3", "--data", "x"])
     assert code == 2 and "--limit only apply with --harness" in message
     code, message = err(["eval", "--model", str(model_dir)])

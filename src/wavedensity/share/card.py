@@ -182,7 +182,7 @@ def model_card(model, tokenizer, rows: list[tuple[str, object]], run: RunRecord 
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
         'model = AutoModelForCausalLM.from_pretrained("THIS_REPO", trust_remote_code=True)',
-        'tokenizer = AutoTokenizer.from_pretrained("THIS_REPO")',
+        'tokenizer = AutoTokenizer.from_pretrained("THIS_REPO", trust_remote_code=True)  # it reads config.json',
         'ids = tokenizer("The ", return_tensors="pt").input_ids',
         "print(tokenizer.decode(model.generate(ids, max_new_tokens=50, do_sample=True, top_k=40)[0]))",
         "```",

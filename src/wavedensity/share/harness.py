@@ -91,18 +91,27 @@ def load_tasks(manager, tasks: list[str], task_data: dict[str, str], scratch: Pa
     extra = sorted(set(task_data) - set(tasks))
     if extra:
         raise HarnessError(f"--task-data for {extra}, which --harness does not name")
+    from datasets.exceptions import DatasetGenerationError
+
     loaded = []
     for task in tasks:
         spec = local_task_config(manager, task, task_data[task], scratch) if task in task_data else task
         try:
             built = manager.load([spec])
+        except DatasetGenerationError as err:  # a local file that is not rows of JSON
+            source = task_data.get(task, "its local data files")
+            raise HarnessError(f"task {task}: cannot read {source} ({describe(err.__cause__ or err)})") from err
         except (OSError, ConnectionError) as err:  # datasets/hub errors are OSError subclasses
             raise HarnessError(
-                f"task {task}: its dataset could not be loaded ({' '.join(str(err).split())[:300]}); the standard "
-                f"tasks download from the Hugging Face hub. Offline, pass --task-data {task}=FILE with local rows"
+                f"task {task}: its dataset could not be loaded ({describe(err)}); the standard tasks download from "
+                f"the Hugging Face hub. Offline, pass --task-data {task}=FILE with local rows"
             ) from err
         loaded += list(built["tasks"].values())
     return loaded
+
+
+def describe(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300] or type(err).__name__
 
 
 def run_harness(model, tokenizer, tasks: list[str], *, include_paths: list[str] = (),
@@ -125,6 +134,10 @@ def run_harness(model, tokenizer, tasks: list[str], *, include_paths: list[str] 
     try:
         with tempfile.TemporaryDirectory(prefix="wda-harness-") as scratch:
             loaded = load_tasks(manager, tasks, task_data, Path(scratch))
+            generating = sorted(t.config.task for t in loaded if t.config.output_type == "generate_until")
+            if generating and batch_size > 1:
+                raise HarnessError(f"{generating} generate text, and batched prompts would be left-padded, which WDA "
+                                   "models refuse (absolute positions, prefix means); use --batch-size 1")
             model.config.use_cache = False  # scoring passes need no decoding cache; generate() asks for its own
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=config.seq_len)
             results = simple_evaluate(model=lm, tasks=loaded, num_fewshot=num_fewshot, limit=limit,
