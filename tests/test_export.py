@@ -108,6 +108,7 @@ FAKE_PACKAGE = {
     "runs/__init__.py": "setting = 1\n",
     "uses_runs.py": "from .runs import setting\n",
     "shared_line.py": "from .a import y; z = y\n",
+    "module_import.py": "from . import a\n",
 }
 
 
@@ -118,6 +119,7 @@ FAKE_PACKAGE = {
     ("absolute", "absolute import from wavedensity"),
     ("uses_runs", "a package __init__ that runs code"),
     ("shared_line", "shares its line with other code"),
+    ("module_import", "imports the module wdafake.a itself"),
 ])
 def test_remote_code_refuses_modules_it_cannot_join_safely(tmp_path, monkeypatch, entry, message):
     for name, source in FAKE_PACKAGE.items():

@@ -60,7 +60,7 @@ def test_loss_from_labels_follows_the_transformers_convention():
 def test_trainer_trains_with_checkpointing_and_the_saved_checkpoint_loads(tmp_path):
     torch.manual_seed(0)
     model = WDAForCausalLM(tiny_config())
-    trainer = train_with_trainer(model, tmp_path, steps=20, gradient_checkpointing=True)
+    trainer = train_with_trainer(model, tmp_path, steps=20, activation_checkpointing=True)
     assert all(layer.gradient_checkpointing for layer in model.model.layers)
     history = losses(trainer)
     assert len(history) == 20 and sum(history[-3:]) / 3 < sum(history[:3]) / 3 - 0.5, history

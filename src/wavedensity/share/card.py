@@ -7,6 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import transformers
+
 from ..jsonfile import read_json
 from ..train.config import TrainConfig
 
@@ -188,8 +191,10 @@ def model_card(model, tokenizer, rows: list[tuple[str, object]], run: RunRecord 
         "```",
         "",
         (f"The modeling code is `{remote_code_file}` in this repository, generated from the `wavedensity` package; it "
-         "needs only torch and transformers. In a process that has imported `wavedensity`, transformers uses the "
-         "package's own registered classes for these files instead, and `trust_remote_code` is not needed."),
+         f"needs only torch and transformers. It was exported and checked with torch {torch.__version__} and "
+         f"transformers {transformers.__version__}, and uses that release's APIs: older transformers 5 releases may "
+         "fail to load it. In a process that has imported `wavedensity`, transformers uses the package's own "
+         "registered classes for these files instead, and `trust_remote_code` is not needed."),
         "",
         "## Architecture",
         "",

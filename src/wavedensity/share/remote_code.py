@@ -59,11 +59,10 @@ def read_module(name: str) -> SourceModule:
                 raise RemoteCodeError(f"{path}:{node.lineno}: 'from {'.' * node.level}{node.module or ''} import "
                                       f"{alias.name}{' as ' + alias.asname if alias.asname else ''}' cannot be "
                                       "inlined (star imports and renames would change names)")
-        # `from . import sub` names a submodule; otherwise the names come from the target module itself
-        submodules = [f"{target}.{a.name}" for a in node.names if importlib.util.find_spec(f"{target}.{a.name}")
-                      ] if _is_package(target) else []
-        needed = set(submodules) or {target}
-        (module.needs_now if id(node) in top_level else module.needs_later).update(needed)
+            if _is_package(target) and importlib.util.find_spec(f"{target}.{alias.name}") is not None:
+                raise RemoteCodeError(f"{path}:{node.lineno}: imports the module {target}.{alias.name} itself; "
+                                      "import the names it defines instead, which the one-file code can hold")
+        (module.needs_now if id(node) in top_level else module.needs_later).add(target)
         module.internal_imports.append(node)
     return module
 
