@@ -84,7 +84,8 @@ def test_custom_task_runs_offline_and_agrees_with_the_models_own_scores(model_di
     right = [min(range(len(r["choices"])), key=lambda i: nats(model, encode(r["context"]), encode(r["choices"][i])))
              == r["answer"] for r in CHOICE_ROWS]
     assert accuracy == pytest.approx(sum(right) / len(right))
-    assert report["n-samples"]["wda_tiny_choice"]["effective"] == 4 and "local files" in report["data"]["wda_tiny_choice"]
+    assert report["n-samples"]["wda_tiny_choice"]["effective"] == 4
+    assert report["data"]["wda_tiny_choice"] == f"local files {{'test': '{rows}'}}"
     card = "\n".join(harness_lines([report], tokenizer.unk_token))
     assert f"| wda_tiny_choice | {report['data']['wda_tiny_choice']} | acc | {accuracy:.4f} |" in card
 
