@@ -1,4 +1,5 @@
-"""The ``wda`` command: demo (the main job), train, eval, generate, chat, info, inspect kernels, convert-release.
+"""The ``wda`` command: demo (the main job), train, eval, generate, chat, info, inspect kernels, convert-release;
+export and eval --harness live in ``share/commands.py``.
 
 Every user-facing failure (a model directory that is missing or unreadable, a bad prompt, an
 out-of-range layer) prints one line ``wda: error: ...`` to stderr and makes ``main`` return 2,
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .generation import load_model
+from .share.commands import register_share_commands
 from .train.config import DISTRIBUTED_STRATEGIES
 from .transplant.cli import add_transplant_commands
 
@@ -129,10 +131,10 @@ def gate_text(c) -> str:
     }[c.gate]
 
 
-def cmd_info(args) -> int:
-    model = load_model(args.model, args.release)
+def model_rows(model) -> list[tuple[str, object]]:
+    """(name, value) rows describing a model: its mixer, routing, shapes and parameter counts."""
     c = model.config
-    rows = [
+    return [
         ("mixer", c.mixer),
         ("routing", c.routing if c.mixer == "wda" else "n/a (softmax)"),
         ("gate", gate_text(c) if c.mixer == "wda" else "n/a (softmax)"),
@@ -148,8 +150,12 @@ def cmd_info(args) -> int:
         ("parameters", f"{parameter_count(model):,}"),
         ("wave parameters", f"{wave_parameter_count(model):,} (freqs + amps + phases)"),
     ]
+
+
+def cmd_info(args) -> int:
+    model = load_model(args.model, args.release)
     print(f"model {args.model}")
-    for name, value in rows:
+    for name, value in model_rows(model):
         print(f"  {name:<16} {value}")
     return 0
 
@@ -383,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     eval_p = commands.add_parser("eval", help="loss, perplexity and bits per byte of a model on data")
     eval_p.add_argument("--model", required=True, metavar="DIR")
-    eval_p.add_argument("--data", required=True, metavar="PATH")
+    eval_p.add_argument("--data", metavar="PATH", help="held-out text (or --harness TASKS below)")
     eval_p.add_argument("--max-windows", type=int, help="evaluate at most this many context windows")
     eval_p.add_argument("--json", action="store_true", help="print JSON")
     eval_p.set_defaults(run=cmd_eval)
@@ -406,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     sampling_args(chat)
     chat.set_defaults(run=cmd_chat)
     add_transplant_commands(commands)
+    register_share_commands(commands, eval_p)
     return parser
 
 
