@@ -86,9 +86,10 @@ def rows(run: Path) -> dict[tuple[int, str], float]:
 
 
 def torchrun(*args: str) -> None:
+    """``wda ARGS`` launched on 2 CPU processes (gloo); fails the test with the processes' stderr."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC), "TRANSFORMERS_VERBOSITY": "error"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "wavedensity.cli", "train", *args]
+               "-m", "wavedensity.cli", *args]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -114,14 +115,14 @@ def test_two_ranks_follow_one_and_checkpoints_move_between_world_sizes(tmp_path)
     config = tmp_path / "config.json"
     config.write_text(json.dumps(config_values(corpus, steps=6)))
     ddp = tmp_path / "ddp"
-    torchrun("--config", str(config), "--out", str(ddp), "--grad-accum", "2")
+    torchrun("train", "--config", str(config), "--out", str(ddp), "--grad-accum", "2")
     for key, loss in rows(ddp).items():
         assert abs(loss - reference[key]) <= 1e-5, (key, loss, reference[key])
     assert json.loads((ddp / "checkpoints" / "step-000003" / "trainer_state.json").read_text())["tokens_seen"] == 3 * 8 * 64
 
     # DDP's step-3 checkpoint continued by FSDP2 on 2 ranks (sharded optimizer load, gathered save)
     fsdp = rewind(ddp, 3, tmp_path / "fsdp")
-    torchrun("--out", str(fsdp), "--resume", "--distributed", "fsdp2", "--grad-accum", "1")
+    torchrun("train", "--out", str(fsdp), "--resume", "--distributed", "fsdp2", "--grad-accum", "1")
     # FSDP2's step-6 checkpoint continued by one process to step 9
     one = rewind(fsdp, 6, tmp_path / "one")
     resumed = TrainConfig.from_dict({**json.loads((one / "run.json").read_text()), "steps": 9})

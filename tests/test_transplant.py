@@ -265,6 +265,27 @@ def minimal_config(**overrides) -> dict:
     return {"teacher_model_id": "t", "dataset_path": "d.txt", **overrides}
 
 
+def test_global_batch_is_micro_batch_times_grad_accum_on_any_number_of_processes():
+    from wavedensity.transplant.trainer import batch_layout
+
+    config = TransplantConfig.from_dict(minimal_config(micro_batch_size=3, grad_accum=4))
+    for world_size, per_rank in ((1, 4), (2, 2), (4, 1)):
+        layout = batch_layout(config, world_size)
+        assert (layout.batch_size, layout.micro_batch, layout.grad_accum) == (12, 3, per_rank)
+    with pytest.raises(ConfigError, match="grad_accum 4 .* divisible by the 3 processes"):
+        batch_layout(config, 3)
+
+
+def test_ddp_looks_for_idle_parameters_only_when_a_step_idles_the_branches():
+    from wavedensity.transplant.trainer import branches_may_idle
+
+    assert not branches_may_idle(TransplantConfig.from_dict(minimal_config(steps=50)))
+    assert branches_may_idle(TransplantConfig.from_dict(minimal_config(wda_gate="release")))
+    idle_stage = {"stages": [{"start_step": 10, "steps": 5, "alpha": 0.0}]}
+    assert branches_may_idle(TransplantConfig.from_dict(minimal_config(steps=50, schedule=idle_stage)))
+    assert branches_may_idle(TransplantConfig.from_dict(minimal_config(steps=50, wda_scale_end=0.0, handoff_start_step=40)))
+
+
 def test_config_refuses_unknown_keys_by_name():
     with pytest.raises(ConfigError, match=r"unknown keys \['wda_num_mask'\]"):
         TransplantConfig.from_dict(minimal_config(wda_num_mask=4))

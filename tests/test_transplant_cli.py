@@ -1,5 +1,6 @@
 """``wda transplant`` end to end on a tiny local teacher: train (with hand-off), resume, eval,
-swap-check, sample, export; and the one-line errors for bad input."""
+swap-check, sample, export; two processes under torchrun against one; and the one-line errors for
+bad input."""
 
 import json
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from test_distributed import torchrun
 from wavedensity.cli import main
 from wavedensity.data import train_char_tokenizer
 from wavedensity.transplant.adapter import read_adapter
@@ -91,6 +93,40 @@ def test_train_resume_eval_swap_sample_export(tmp_path, teacher_dir, capsys):
     assert merged.generate(torch.tensor([[3, 4]]), max_new_tokens=3, do_sample=False).shape == (1, 5)
 
 
+def metric_rows(run_dir) -> dict:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    keyed = {(r["step"], r["kind"]): r for r in lines}
+    assert len(keyed) == len(lines), "a metrics row was written twice (by two ranks?)"
+    return keyed
+
+
+def test_two_ranks_follow_one_and_a_two_rank_checkpoint_resumes_on_one(tmp_path, teacher_dir, capsys):
+    # global batch 2 micro-batches x 2 rows: one process runs both micro-batches, each of 2 ranks one;
+    # validation reads every window (sharded over the ranks); KL, CE, residual energy and cosine all train
+    settings = dict(grad_accum=2, eval_batches=100)
+    single = tmp_path / "single"
+    config = write_config(tmp_path / "c.json", teacher_dir, **settings)
+    assert run(capsys, "transplant", "train", "--config", str(config), "--out", str(single))[0] == 0
+    halted = write_config(tmp_path / "halt.json", teacher_dir, run_steps=3, **settings)
+    ddp = tmp_path / "ddp"
+    torchrun("transplant", "train", "--config", str(halted), "--out", str(ddp))
+    assert max(step for step, _ in metric_rows(ddp)) == 3 and read_adapter(ddp)[0]["step"] == 3
+    assert run(capsys, "transplant", "train", "--config", str(halted), "--out", str(ddp), "--resume")[0] == 0
+
+    reference, resumed = metric_rows(single), metric_rows(ddp)  # steps 1-3 on 2 ranks, 4-6 on one
+    assert resumed.keys() == reference.keys()
+    for key, row in resumed.items():
+        assert row.keys() == reference[key].keys()
+        for name, value in row.items():
+            if name != "tokens_per_s" and isinstance(value, float):
+                assert abs(value - reference[key][name]) <= 1e-5, (key, name, value, reference[key][name])
+    assert {"kl", "ce", "resid_energy", "cosine", "objective"} <= set(resumed[(1, "train")])
+    expected, got = read_adapter(single)[1], read_adapter(ddp)[1]
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=0)
+
+
 def test_inspect(teacher_dir, capsys):
     code, out, _ = run(capsys, "transplant", "inspect", "--model", str(teacher_dir / "model"))
     assert code == 0 and "model.layers.1.self_attn" in out and "LlamaAttention" in out and "global" in out
@@ -106,3 +142,6 @@ def test_bad_input_is_one_line(tmp_path, teacher_dir, capsys):
     assert code == 2 and "nowhere" in err
     code, _, err = run(capsys, "transplant", "eval", "--config", str(missing), "--adapter", str(tmp_path))
     assert code == 2 and "adapter.json" in err
+    sharded = write_config(tmp_path / "f.json", teacher_dir, distributed="fsdp2")
+    code, _, err = run(capsys, "transplant", "train", "--config", str(sharded))
+    assert code == 2 and "DDP only" in err and "FSDP2" in err

@@ -229,21 +229,21 @@ def check_run_dir(run_dir: Path, resume: bool) -> Path | None:
 RESUME_MAY_CHANGE = ("steps", "grad_accum", "distributed")
 
 
-def resumed_config(checkpoint: Path, config: TrainConfig, log) -> TrainConfig:
-    """The run's own settings; only RESUME_MAY_CHANGE may differ (``steps`` reshapes the cosine schedule)."""
+def resumed_config(checkpoint: Path, config: TrainConfig, log, may_change=RESUME_MAY_CHANGE) -> TrainConfig:
+    """The run's own settings; only the keys ``may_change`` may differ (``steps`` reshapes the cosine schedule)."""
     saved = type(config).from_dict(
         json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["config"], where=str(checkpoint))
     old, new = saved.to_dict(), config.to_dict()
-    changed = sorted(k for k, v in new.items() if k not in RESUME_MAY_CHANGE and old[k] != v)
+    changed = sorted(k for k, v in new.items() if k not in may_change and old[k] != v)
     if changed:
         raise ConfigError(f"{checkpoint}: resume keeps the run's settings, but {changed} differ from them "
-                          f"(only {list(RESUME_MAY_CHANGE)} may change)")
+                          f"(only {list(may_change)} may change)")
     if config.steps != saved.steps:
         log(f"resume: steps {saved.steps} -> {config.steps} (the learning-rate schedule is stretched accordingly)")
     for key in ("grad_accum", "distributed"):
-        if key in old and old[key] != new[key]:
+        if key in may_change and key in old and old[key] != new[key]:
             log(f"resume: {key} {old[key]} -> {new[key]}")
-    return type(config).from_dict({**old, **{k: new[k] for k in RESUME_MAY_CHANGE if k in new}}, where=str(checkpoint))
+    return type(config).from_dict({**old, **{k: new[k] for k in may_change if k in new}}, where=str(checkpoint))
 
 
 def check_model_settings(config: TrainConfig) -> None:

@@ -82,6 +82,7 @@ class TransplantConfig:
     wda_gate: str = "topk"
     # machine and bookkeeping
     device: str = "auto"
+    distributed: str = "ddp"  # under torchrun; the only strategy the transplant supports (see validate)
     torch_dtype: str = "float32"
     gradient_checkpointing: bool = False
     log_every: int = 10
@@ -156,6 +157,10 @@ class TransplantConfig:
             fail(f"temperature must be > 0, got {self.temperature}")
         if self.alpha_layer_scale not in LAYER_SCALES:
             fail(f"alpha_layer_scale {self.alpha_layer_scale!r} is not one of {LAYER_SCALES}")
+        if self.distributed != "ddp":
+            fail(f"distributed {self.distributed!r}: transplant training runs under DDP only ('ddp'); FSDP2 "
+                 "sharding of a wrapped Hugging Face teacher is not supported (the frozen teacher is whole on "
+                 "every rank; only the WDA branches, gamma and gain are trained and all-reduced)")
         if self.torch_dtype not in TORCH_DTYPES:
             fail(f"torch_dtype {self.torch_dtype!r} is not one of {TORCH_DTYPES}")
         if (self.gamma_floor_start is None) != (self.gamma_floor_end is None):

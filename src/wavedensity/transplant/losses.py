@@ -1,5 +1,7 @@
 """Distillation losses (DESIGN §4): KL to the teacher's logits, residual-energy matching, hidden-state
-MSE and cosine. Every loss averages over the positions of ``mask`` (the tokens that carry loss)."""
+MSE and cosine. Each is a per-token value; the trainer sums it over the tokens that carry loss and
+divides by their count over the whole global batch (so any split over ranks gives the same loss),
+``kl_to_teacher`` averages over one batch's tokens."""
 
 import contextlib
 
@@ -8,19 +10,27 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of ``values [B, S]`` over the True positions of ``mask [B, S]``."""
+    return (values * mask.to(values.dtype)).sum()
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values [B, S]`` over the True positions of ``mask [B, S]``."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+    return masked_sum(values, mask) / mask.sum().clamp_min(1).to(values.dtype)
+
+
+def kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(teacher_T || student_T)`` at each position, ``[B, S]``: the soft-target loss of Hinton et al."""
+    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return (teacher.exp() * (teacher - student)).sum(-1) * temperature**2
 
 
 def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
                   temperature: float) -> torch.Tensor:
-    """``T^2 * KL(teacher_T || student_T)`` per token, averaged: the soft-target loss of Hinton et al."""
-    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    per_token = (teacher.exp() * (teacher - student)).sum(-1)
-    return masked_mean(per_token, mask) * temperature**2
+    """``kl_per_token`` averaged over the positions of ``mask``."""
+    return masked_mean(kl_per_token(student_logits, teacher_logits, temperature), mask)
 
 
 def residual_energy(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
@@ -34,10 +44,11 @@ def layer_weights(num_layers: int, kind: str) -> list[float]:
     return [w / sum(raw) for w in raw]
 
 
-def feature_losses(student: dict, teacher: dict, mask: torch.Tensor, targets: list[str], layer_kind: str) -> dict:
-    """Per-layer matching of the taps ``{layer: (input, output)}`` of student and teacher passes:
-    ``resid_energy`` (MSE of the residual energies), ``hidden`` (MSE of the layer outputs) and
-    ``cosine`` (1 - cosine similarity of the layer outputs), each a layer-weighted mean."""
+def feature_losses(student: dict, teacher: dict, targets: list[str], layer_kind: str) -> dict:
+    """Per-layer matching of the taps ``{layer: (input, output)}`` of student and teacher passes, per
+    token ``[B, S]``: ``resid_energy`` (squared gap of the residual energies), ``hidden`` (MSE of the
+    layer outputs over the hidden dimension) and ``cosine`` (1 - cosine similarity of the layer
+    outputs), each a layer-weighted sum."""
     layers = sorted(student)
     weights = layer_weights(len(layers), layer_kind)
     totals = {name: 0.0 for name in [*targets, "cosine"]}
@@ -45,11 +56,11 @@ def feature_losses(student: dict, teacher: dict, mask: torch.Tensor, targets: li
         (s_in, s_out), (t_in, t_out) = student[layer], teacher[layer]
         if "resid_energy" in totals:
             gap = residual_energy(s_in, s_out) - residual_energy(t_in, t_out)
-            totals["resid_energy"] = totals["resid_energy"] + weight * masked_mean(gap.pow(2), mask)
+            totals["resid_energy"] = totals["resid_energy"] + weight * gap.pow(2)
         if "hidden" in totals:
-            totals["hidden"] = totals["hidden"] + weight * masked_mean((s_out.float() - t_out.float()).pow(2).mean(-1), mask)
+            totals["hidden"] = totals["hidden"] + weight * (s_out.float() - t_out.float()).pow(2).mean(-1)
         cosine = F.cosine_similarity(s_out.float(), t_out.float(), dim=-1)
-        totals["cosine"] = totals["cosine"] + weight * masked_mean(1 - cosine, mask)
+        totals["cosine"] = totals["cosine"] + weight * (1 - cosine)
     return totals
 
 

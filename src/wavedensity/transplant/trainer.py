@@ -6,6 +6,12 @@ learning-rate schedule, atomic checkpoints with ``latest.json`` and pruning, exa
 metrics JSONL/TensorBoard and curves. A checkpoint holds the adapter (not the teacher) beside the
 optimizer and RNG states; ``OUT/adapter.*`` is the latest adapter, ``OUT/adapters/step-N/`` a copy
 per save.
+
+Under ``torchrun`` every rank runs the same loop (``wavedensity.train.distributed``): the model is
+wrapped in DDP (only the trainable tensors get gradients, so only they are all-reduced; the frozen
+teacher stays whole on every rank), each rank reads its own micro-batches of the step's global batch,
+and only rank 0 writes files. The global batch is ``micro_batch_size x grad_accum`` rows whatever the
+number of processes: N ranks share the ``grad_accum`` micro-batches, ``grad_accum / N`` each.
 """
 
 import json
@@ -17,7 +23,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import BlockSampler, Mixture, check_tokenizer_fits, eval_blocks
+from ..data.sampling import IGNORE, derive_seed
 from ..eval import evaluate
+from ..train import ConfigError, distributed
 from ..train.checkpoint import load_training_state, save_checkpoint
 from ..train.trainer import (
     MetricsLog,
@@ -27,7 +35,6 @@ from ..train.trainer import (
     make_optimizer,
     plot_curves,
     prepare_data,
-    resolve_device,
     resumed_config,
 )
 from .adapter import (
@@ -39,7 +46,7 @@ from .adapter import (
 )
 from .config import TransplantConfig
 from .find import decoder_layers, select_layers
-from .losses import feature_losses, kl_to_teacher, layer_taps
+from .losses import feature_losses, kl_per_token, layer_taps, masked_sum
 from .schedule import Mixing, mixing_at
 from .wrapper import set_mixing, teacher_mode, trainable_parameters, wrappers_of
 
@@ -72,9 +79,32 @@ def apply_mixing(model, mixing: Mixing) -> None:
                gate_temp=mixing.gate_temp)
 
 
-def step_losses(model, input_ids, labels, config: TransplantConfig) -> dict:
-    """Every loss of one micro-batch; ``objective`` is their weighted sum (the one that trains)."""
-    mask = labels != -100
+def batch_layout(config: TransplantConfig, world_size: int) -> distributed.BatchLayout:
+    """The release's keys as a global batch: ``micro_batch_size x grad_accum`` rows per optimizer step
+    (what one process trains on), ``micro_batch_size`` rows per forward pass on every rank, and the
+    ``grad_accum`` micro-batches shared out over the ranks (``grad_accum / world_size`` each)."""
+    if config.grad_accum % world_size:
+        raise ConfigError(f"grad_accum {config.grad_accum} (micro-batches of {config.micro_batch_size} rows per "
+                          f"optimizer step, over all processes) must be divisible by the {world_size} processes; "
+                          f"set grad_accum to a multiple of {world_size}")
+    return distributed.BatchLayout(config.micro_batch_size * config.grad_accum, config.grad_accum // world_size,
+                                   world_size)
+
+
+def branches_may_idle(config: TransplantConfig) -> bool:
+    """Whether some step leaves trainable parameters without a gradient (DDP must then look for them):
+    a branch with alpha or WDA scale 0 does not run, and the released gate passes no gradient to its MLPs."""
+    if config.wda_gate == "release":
+        return True
+    return any(m.alpha * m.wda_scale == 0 for m in (mixing_at(step, config) for step in range(config.steps)))
+
+
+def step_losses(model, input_ids, labels, config: TransplantConfig, student=None) -> dict:
+    """Every loss of one micro-batch, summed over its tokens that carry loss; ``objective`` is their
+    weighted sum (the one that trains). Divided by the loss tokens of the global batch they are the
+    per-token means. ``student``: the module that runs the graded pass (the DDP wrapper; ``model``
+    by default); the teacher's target pass runs ``model`` itself, under no_grad."""
+    mask = labels != IGNORE
     distill = config.distill_settings()
     layers = decoder_layers(model.base)[1]
     need_teacher = config.kl_weight > 0 or distill["enabled"]
@@ -83,15 +113,16 @@ def step_losses(model, input_ids, labels, config: TransplantConfig) -> dict:
         with torch.no_grad(), teacher_mode(model), layer_taps(layers) as teacher_taps:
             teacher_logits = model(input_ids, use_cache=False).logits
     with layer_taps(layers) as student_taps:
-        logits = model(input_ids, use_cache=False).logits
-    ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        logits = (student or model)(input_ids, use_cache=False).logits
+    ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
     losses = {"ce": ce}
     objective = config.ce_weight * ce
     if config.kl_weight > 0:
-        losses["kl"] = kl_to_teacher(logits, teacher_logits, mask, config.temperature)
+        losses["kl"] = masked_sum(kl_per_token(logits, teacher_logits, config.temperature), mask)
         objective = objective + config.kl_weight * losses["kl"]
     if distill["enabled"]:
-        features = feature_losses(student_taps, teacher_taps, mask, distill["targets"], distill["layer_weights"])
+        features = {name: masked_sum(values, mask) for name, values in
+                    feature_losses(student_taps, teacher_taps, distill["targets"], distill["layer_weights"]).items()}
         for name in distill["targets"]:
             objective = objective + distill["mse_weight"] * features[name]
         if distill["cosine_weight"] > 0:
@@ -104,39 +135,68 @@ def step_losses(model, input_ids, labels, config: TransplantConfig) -> dict:
 def train_transplant(config: TransplantConfig, out_dir=None, *, resume: bool = False, progress: bool = True,
                      log=print) -> dict:
     """Run (or resume) the transplant ``config`` describes in ``out_dir`` (default ``config.out_dir``);
-    return the last validation row."""
-    run_dir = Path(out_dir or config.out_dir)
+    return the last validation row. Under torchrun every rank calls this."""
+    runtime = distributed.start(config.device)
+    try:
+        result = _train_transplant(config, Path(out_dir or config.out_dir), runtime, resume=resume,
+                                   progress=progress and runtime.is_main,
+                                   log=log if runtime.is_main else lambda message: None)
+        distributed.barrier(runtime)  # rank 0 has written the last adapter before any rank returns
+        return result
+    finally:
+        distributed.stop(runtime)
+
+
+# a resume may re-split the global batch over other process counts, not change it (grad_accum is part of it)
+RESUME_MAY_CHANGE = ("steps", "distributed")
+
+
+def _train_transplant(config: TransplantConfig, run_dir: Path, runtime, *, resume: bool, progress: bool,
+                      log) -> dict:
     checkpoint = check_run_dir(run_dir, resume)
     if checkpoint is not None:
-        config = resumed_config(checkpoint, config, log)
-    device = resolve_device(config.device)
+        config = resumed_config(checkpoint, config, log, RESUME_MAY_CHANGE)
+    layout = batch_layout(config, runtime.world_size)
+    device = runtime.device
+    distributed.barrier(runtime)  # every rank has looked at run_dir before rank 0 writes to it
     torch.manual_seed(config.seed)
     model, tokenizer = build_student(config, device)
     train_config = config.train_config()
     tokenizer, corpora, val_corpus = prepare_data(train_config, tokenizer)
+    distributed.check_same_on_all_ranks(runtime, json.dumps([[len(c) for c, _ in corpora], len(val_corpus)]),
+                                        "the data")
     trainable = trainable_parameters(model)
     if checkpoint is not None:
         load_adapter(model, checkpoint)
     elif config.init_adapter:
         meta = load_adapter(model, config.init_adapter)
         log(f"starting from adapter {config.init_adapter} (step {meta['step']})")
+    # DDP all-reduces the gradients of the parameters that require them: the WDA branches, gamma, gain
+    trained = distributed.wrap_model(model, runtime, config.distributed,
+                                     find_unused_parameters=branches_may_idle(config))
     optimizer = make_optimizer(model, train_config)
     start = 0
     if checkpoint is not None:
-        start = load_training_state(checkpoint, optimizer)["step"]
+        start = load_training_state(checkpoint, optimizer,
+                                    lambda state: distributed.load_optimizer_state(model, optimizer, state))["step"]
         log(f"resuming {run_dir} from step {start}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
+    if runtime.rank > 0:  # random draws (the stochastic density) differ between ranks, as rows do
+        torch.manual_seed(derive_seed(config.seed, "rank", runtime.rank, start))
+    if runtime.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
     if len(corpora) == 1:
-        sampler = BlockSampler(corpora[0][0], config.seq_len, config.micro_batch_size, config.seed)
+        sampler = BlockSampler(corpora[0][0], config.seq_len, layout.batch_size, config.seed)
     else:
-        sampler = Mixture(corpora, config.seq_len, config.micro_batch_size, config.seed)
+        sampler = Mixture(corpora, config.seq_len, layout.batch_size, config.seed)
     val_windows = list(eval_blocks(val_corpus, config.seq_len))
-    metrics = MetricsLog(run_dir, start if checkpoint is not None else None)
+    metrics = MetricsLog(run_dir, start if checkpoint is not None else None, writes=runtime.is_main)
     end = min(config.steps, start + config.run_steps) if config.run_steps else config.steps
     log(f"transplant: {config.teacher_model_id}, WDA in layers {model.config.transplant['layers']}, "
         f"{sum(p.numel() for p in trainable.values()):,} trainable of {model.num_parameters():,} parameters, "
-        f"steps {start}..{end} of {config.steps}, {len(val_windows)} validation windows")
+        f"steps {start}..{end} of {config.steps}, {len(val_windows)} validation windows; batch "
+        f"{layout.batch_size} = {layout.micro_batch} rows x {runtime.world_size} process(es) x "
+        f"{layout.grad_accum} micro-step(s), device {device}")
     set_training_mode(model, config.gradient_checkpointing)
     if config.gradient_checkpointing:
         model.base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -144,10 +204,11 @@ def train_transplant(config: TransplantConfig, out_dir=None, *, resume: bool = F
 
     def validate(step: int) -> dict:
         every = None if step == config.steps else config.eval_batches * config.micro_batch_size
+        shards = dict(batch_size=config.micro_batch_size, rank=runtime.rank, world_size=runtime.world_size)
         if every not in teacher_val:  # the teacher does not change: evaluate it once per window count
             with teacher_mode(model):
-                teacher_val[every] = evaluate(model, val_windows, max_windows=every, batch_size=config.micro_batch_size)
-        result = evaluate(model, val_windows, max_windows=every, batch_size=config.micro_batch_size)
+                teacher_val[every] = evaluate(model, val_windows, max_windows=every, **shards)
+        result = evaluate(model, val_windows, max_windows=every, **shards)
         set_training_mode(model, config.gradient_checkpointing)  # evaluate() leaves the model in eval mode
         row = {"step": step, "kind": "val", **result, "teacher_loss": teacher_val[every]["loss"],
                **{k: v for k, v in vars(mixing_at(step - 1, config)).items() if v is not None}}
@@ -155,57 +216,89 @@ def train_transplant(config: TransplantConfig, out_dir=None, *, resume: bool = F
         return row
 
     def save(step: int) -> None:
+        # DDP keeps every parameter whole on every rank: rank 0's adapter is the run's
+        optimizer_state = distributed.full_optimizer_state(model, optimizer)
+        if not runtime.is_main:
+            return
         state = {"config": config.to_dict(), "tokens_seen": step * tokens_per_step}
-        save_checkpoint(run_dir, step, AdapterWriter(model, step), optimizer, None, state)
+        save_checkpoint(run_dir, step, AdapterWriter(model, step), optimizer, None, state,
+                        optimizer_state=optimizer_state)
         save_adapter(model, run_dir, step)
         save_adapter(model, run_dir / "adapters" / f"step-{step:06d}", step)
 
-    tokens_per_step = config.micro_batch_size * config.grad_accum * config.seq_len
+    tokens_per_step = layout.batch_size * config.seq_len
+    batches = distributed.ShardedBatches(sampler, layout, runtime)
     bar = tqdm(range(start, end), initial=start, total=end, disable=not progress, desc="transplant")
     last_time, last_step = time.perf_counter(), start
-    for step in bar:
-        mixing = mixing_at(step, config)
-        apply_mixing(model, mixing)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, train_config)
-        totals = {}
-        for micro in range(config.grad_accum):
-            input_ids, labels = (t.to(device) for t in sampler.batch(step * config.grad_accum + micro))
-            with autocast_context(train_config, device):
-                losses = step_losses(model, input_ids, labels, config)
-            (losses["objective"] / config.grad_accum).backward()
-            for name, value in losses.items():
-                totals[name] = totals.get(name, 0.0) + float(value.detach()) / config.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable.values(), config.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if mixing.gamma_floor is not None:
-            with torch.no_grad():
-                for wrapper in wrappers_of(model):
-                    wrapper.gamma.clamp_(min=mixing.gamma_floor)
-        done = step + 1
-        if done % config.log_every == 0 or done == end:
-            now = time.perf_counter()
-            gammas = [float(w.gamma.detach()) for w in wrappers_of(model)]
-            row = {"step": done, "kind": "train", "loss": totals["ce"], **totals, "lr": lr_at(step, train_config),
-                   "grad_norm": float(grad_norm), "alpha": mixing.alpha, "teacher_scale": mixing.teacher_scale,
-                   "wda_scale": mixing.wda_scale, "gamma_mean": sum(gammas) / len(gammas),
-                   "tokens_per_s": tokens_per_step * (done - last_step) / (now - last_time)}
-            metrics.write(row)
-            bar.set_postfix(obj=f"{totals['objective']:.3f}", ce=f"{totals['ce']:.3f}", ts=f"{mixing.teacher_scale:.2f}")
-            last_time, last_step = now, done
-        if done % config.eval_every == 0 or done == end:
-            row = validate(done)
-            bar.write(f"step {done}: val loss {row['loss']:.4f} (teacher {row['teacher_loss']:.4f}; alpha "
-                      f"{row['alpha']:.2f}, teacher scale {row['teacher_scale']:.2f})")
-        if done % config.save_every == 0 or done == end:
-            save(done)
-        if done % config.eval_every == 0 or done % config.save_every == 0:
-            last_time, last_step = time.perf_counter(), done
+    try:
+        for step in bar:
+            mixing = mixing_at(step, config)
+            apply_mixing(model, mixing)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, train_config)
+            sums, counted, grad_norm = train_step(trained, model, optimizer, batches.get(step), config,
+                                                  train_config, runtime)
+            if mixing.gamma_floor is not None:
+                with torch.no_grad():
+                    for wrapper in wrappers_of(model):
+                        wrapper.gamma.clamp_(min=mixing.gamma_floor)
+            done = step + 1
+            if done % config.log_every == 0 or done == end:
+                now = time.perf_counter()
+                totals = dict(zip(sums, (distributed.all_reduce_sum(torch.stack(list(sums.values())), runtime)
+                                         / counted.clamp_min(1)).tolist()))
+                gammas = [float(w.gamma.detach()) for w in wrappers_of(model)]
+                row = {"step": done, "kind": "train", "loss": totals["ce"], **totals, "lr": lr_at(step, train_config),
+                       "grad_norm": distributed.grad_norm_value(grad_norm), "alpha": mixing.alpha,
+                       "teacher_scale": mixing.teacher_scale, "wda_scale": mixing.wda_scale,
+                       "gamma_mean": sum(gammas) / len(gammas),
+                       "tokens_per_s": tokens_per_step * (done - last_step) / (now - last_time)}
+                metrics.write(row)
+                bar.set_postfix(obj=f"{totals['objective']:.3f}", ce=f"{totals['ce']:.3f}",
+                                ts=f"{mixing.teacher_scale:.2f}")
+                last_time, last_step = now, done
+            if done % config.eval_every == 0 or done == end:
+                row = validate(done)
+                if runtime.is_main:
+                    bar.write(f"step {done}: val loss {row['loss']:.4f} (teacher {row['teacher_loss']:.4f}; alpha "
+                              f"{row['alpha']:.2f}, teacher scale {row['teacher_scale']:.2f})")
+            if done % config.save_every == 0 or done == end:
+                save(done)
+            if done % config.eval_every == 0 or done % config.save_every == 0:
+                last_time, last_step = time.perf_counter(), done
+    finally:
+        batches.close()
     bar.close()
     if config.gradient_checkpointing:
         model.base.activation_checkpointing_disable()
-    plot_curves(metrics.rows, run_dir / "curves.png", f"transplant {config.teacher_model_id} (student CE)")
+    if runtime.is_main:
+        plot_curves(metrics.rows, run_dir / "curves.png", f"transplant {config.teacher_model_id} (student CE)")
     metrics.close()
     rows = [r for r in metrics.rows if r["kind"] == "val"]
     return rows[-1] if rows else {}
+
+
+def train_step(trained, model, optimizer, micro_batches, config: TransplantConfig, train_config, runtime):
+    """One optimizer step over this rank's micro-batches; returns (this rank's summed losses by name, loss
+    tokens of the whole global batch, gradient norm before clipping).
+
+    As in ``wavedensity.train.trainer.train_step``, every loss is its mean over the loss tokens of the
+    global batch: each rank back-propagates its summed objective x world_size / (loss tokens of the
+    whole batch), which DDP's average over ranks turns into exactly that mean, however the batch is split.
+    """
+    device = runtime.device
+    counted = distributed.all_reduce_sum(sum((labels != IGNORE).sum() for _, labels in micro_batches), runtime)
+    scale = runtime.world_size / counted.clamp_min(1)  # a batch without loss tokens adds nothing, not NaN
+    sums = {}
+    for micro, (input_ids, labels) in enumerate(micro_batches):
+        with distributed.gradient_sync(trained, micro == len(micro_batches) - 1):
+            with autocast_context(train_config, device):
+                losses = step_losses(model, input_ids, labels, config, student=trained)
+            (losses["objective"] * scale).backward()
+        for name, value in losses.items():
+            sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float()
+    trained_tensors = [param for group in optimizer.param_groups for param in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(trained_tensors, config.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return sums, counted, grad_norm
