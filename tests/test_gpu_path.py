@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch._dynamo
 
-from conftest import tiny_config
+from conftest import tiny_config, tiny_model
 from wavedensity.layers import WaveDensityAttention, WDABlock
 
 # Each routing and Toeplitz path a training step can take; compile (the "compile" training setting)
@@ -30,6 +30,17 @@ def test_a_training_block_compiles_to_one_graph(name):
         torch._dynamo.reset()
     assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+def test_the_whole_training_forward_compiles_to_one_graph():
+    """Input checks that read values (a host sync on accelerators) stay out of compiled training."""
+    model = tiny_model().train()
+    ids = torch.randint(0, model.config.vocab_size, (2, 24))
+    try:
+        explained = torch._dynamo.explain(model)(ids, shift_labels=ids, use_cache=False)
+    finally:
+        torch._dynamo.reset()
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
 
 
 def test_toeplitz_path_choice_depends_on_the_device():
