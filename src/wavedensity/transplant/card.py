@@ -57,13 +57,13 @@ def transplant_rows(model) -> list[tuple[str, object]]:
     teacher_attention = sum(p.numel() for w in wrappers for p in w.teacher.parameters())
     return [
         ("base model", f"`{settings['base_model']}` ({type(model.base).__name__}, model_type `{base.model_type}`)"),
-        ("base shape", f"{base.num_hidden_layers} layers, hidden {base.hidden_size}, {base.num_attention_heads} heads, "
-                       f"vocab {base.vocab_size}"),
+        ("base shape", (f"{base.num_hidden_layers} layers, hidden {base.hidden_size}, {base.num_attention_heads} "
+                        f"heads, vocab {base.vocab_size}")),
         ("wrapped layers", f"{settings['layers']} ({len(settings['layers'])} of {base.num_hidden_layers})"),
         ("runs with", mixing_text(settings["mixing"])),
         ("alpha layer scale", settings["alpha_layer_scale"]),
-        ("WDA branch", f"{wda.num_masks} masks x {wda.num_waves_per_mask} waves, top-{wda.topk_masks}, routing "
-                       f"{wda.routing}, gate {wda.gate}, content mix {wda.content_mix:g}"),
+        ("WDA branch", (f"{wda.num_masks} masks x {wda.num_waves_per_mask} waves, top-{wda.topk_masks}, routing "
+                        f"{wda.routing}, gate {wda.gate}, content mix {wda.content_mix:g}")),
         ("context", f"{wda.seq_len} tokens (the WDA branches' seq_len)"),
         ("parameters", f"{model.num_parameters():,}"),
         ("WDA branches + gamma + gain", f"{branch:,}"),

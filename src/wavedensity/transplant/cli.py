@@ -5,7 +5,6 @@ Registered by ``wavedensity.cli.build_parser``; errors follow the ``wda`` rules 
 """
 
 import json
-from pathlib import Path
 
 DEFAULT_PROMPTS = ("ROMEO:\n", "The ")
 
