@@ -8,19 +8,16 @@ import textwrap
 
 import pytest
 import torch
+from conftest import tiny_teacher, tiny_transplant
 from isolated_env import HUB_USER_PACKAGES, HUB_USER_SCRIPT, make_isolated_venv, run_isolated
 from safetensors.torch import load_file
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from wavedensity.cli import main
 from wavedensity.data import train_char_tokenizer
-from wavedensity.transplant import WDATransplantForCausalLM
 from wavedensity.transplant.adapter import model_from_adapter, save_adapter
 from wavedensity.transplant.evaluation import set_mode
-from wavedensity.transplant.wrapper import trainable_parameters
 
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog {i % 7}.\n" for i in range(300))
-WDA = dict(seq_len=32, num_masks=4, num_waves_per_mask=2, topk_masks=2, gate_hidden=8, content_rank=2)
 
 # Appended to the hub user's script: count the teacher attention's calls during cached generation and
 # record what the cache holds (teacher KV positions per layer, WDA state positions per wrapped layer).
@@ -46,10 +43,11 @@ def quiet_main(capsys, *argv) -> str:
     return out
 
 
-def save_teacher(model, directory, tokenizer):
-    model.save_pretrained(directory)
+def save_teacher(family: str, directory, tokenizer):
+    teacher = tiny_teacher(family, vocab=len(tokenizer))
+    teacher.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    return directory
+    return teacher
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +59,7 @@ def tokenizer():
 def llama_run(tmp_path_factory, tokenizer):
     """A tiny Llama teacher distilled for 4 steps by `wda transplant train`, handing off to teacher scale 0."""
     root = tmp_path_factory.mktemp("llama")
-    torch.manual_seed(0)
-    teacher = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=24, intermediate_size=48,
-                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                           max_position_embeddings=64))
-    save_teacher(teacher, root / "teacher", tokenizer)
+    save_teacher("llama", root / "teacher", tokenizer)
     (root / "data.txt").write_text(TEXT, encoding="utf-8")
     config = {"teacher_model_id": str(root / "teacher"), "dataset_path": str(root / "data.txt"), "seq_len": 32,
               "micro_batch_size": 2, "steps": 4, "lr": 3e-2, "warmup_steps": 1, "alpha_warmup_steps": 1,
@@ -81,17 +75,8 @@ def llama_run(tmp_path_factory, tokenizer):
 def gpt2_adapter(tmp_path_factory, tokenizer):
     """A tiny GPT-2 teacher with random WDA branches in layer 1, saved as a bare adapter (no run)."""
     root = tmp_path_factory.mktemp("gpt2")
-    torch.manual_seed(0)
-    teacher = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=24, n_layer=2, n_head=4, n_positions=64,
-                                           bos_token_id=0, eos_token_id=0))
-    save_teacher(teacher, root / "teacher", tokenizer)
-    model = WDATransplantForCausalLM.from_teacher(teacher, str(root / "teacher"), [1], WDA)
-    with torch.no_grad():
-        for name, param in trainable_parameters(model).items():
-            if name.endswith(".gamma"):
-                param.fill_(0.7)
-            elif "gate_" in name or "scale_" in name:
-                param.normal_(0.0, 0.3)
+    teacher = save_teacher("gpt2", root / "teacher", tokenizer)
+    model = tiny_transplant("gpt2", [1], teacher=teacher, base_model=str(root / "teacher"))
     return save_adapter(model, root / "adapter", step=None)
 
 
