@@ -22,8 +22,10 @@ from wavedensity.share.finetune import (
     lora_target_modules,
     teacher_lora_targets,
 )
+from wavedensity.share.export import remote_code_file, verify_export, write_self_contained
 from wavedensity.transplant import set_mixing
 from wavedensity.transplant.adapter import model_from_adapter, save_adapter
+from wavedensity.transplant.card import transplant_card
 from wavedensity.transplant.wrapper import wda_parameters
 
 PATTERN = torch.arange(32) % 7 + 3  # a sequence a tiny model learns within a few steps
@@ -188,3 +190,9 @@ def test_teacher_lora_trains_with_the_wda_branches_frozen_or_not_saves_and_reloa
         trained = peft_model(input_ids=ids, use_cache=False).logits
         assert torch.equal(reloaded(input_ids=ids, use_cache=False).logits, trained)
         assert (plain_logits - trained).abs().max() > 1e-3  # the LoRA changed the model
+
+    merged = reloaded.merge_and_unload()  # shared as docs/transplant.md says: one self-contained directory
+    merged.record_mixing()
+    card = transplant_card(merged, None, remote_code_file(merged))
+    out = write_self_contained(merged, tokenizer, tmp_path / "hub", card)
+    assert verify_export(peft_model, out) < 1e-5
