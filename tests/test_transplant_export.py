@@ -25,9 +25,10 @@ CACHE_SCRIPT = textwrap.dedent("""
     calls = []
     for name, module in model.named_modules():
         if name.endswith(".teacher"):
-            module.register_forward_pre_hook(lambda *_: calls.append(name))
+            module.register_forward_pre_hook(lambda *_: calls.append(1))
     with torch.no_grad():
-        cache = model.generate(**prompt, max_new_tokens=5, do_sample=False, return_dict_in_generate=True).past_key_values
+        generated = model.generate(**prompt, max_new_tokens=5, do_sample=False, return_dict_in_generate=True)
+    cache = generated.past_key_values
     assert type(cache).__name__ == "TransplantCache", type(cache)
     save_file({"teacher_calls": torch.tensor(len(calls)),
                "teacher_kv": torch.tensor([layer.get_seq_length() for layer in cache.layers]),

@@ -115,7 +115,8 @@ def evaluation_lines(run: TransplantRun | None, mixing: dict) -> list[str]:
         "",
         "| model | loss (nats/token) | perplexity | bits per byte | tokens |",
         "|---|---|---|---|---|",
-        f"| this model | {row['loss']:.4f} | {row['perplexity']:.2f} | {row['bits_per_byte']:.4f} | {row['tokens']:,} |",
+        (f"| this model | {row['loss']:.4f} | {row['perplexity']:.2f} | {row['bits_per_byte']:.4f} | "
+         f"{row['tokens']:,} |"),
         f"| teacher | {row['teacher_loss']:.4f} | | | {row['tokens']:,} |",
         "",
         ("Teacher-forced on the run's validation data in windows of the context (the WDA routing is causal). "
@@ -158,6 +159,7 @@ def transplant_card(model, run: TransplantRun | None, remote_code_file: str) -> 
         f"- Context: at most {settings['wda']['seq_len']} tokens, prompt plus generated tokens; longer inputs raise.",
         ("- The WDA branches do not read the attention mask: batch prompts of equal length (no padding), or one at "
          "a time."),
-        "- The decoding cache holds WDA running sums and cannot be cropped: assisted / speculative decoding is unavailable.",
+        ("- The decoding cache holds WDA running sums and cannot be cropped: assisted / speculative decoding is "
+         "unavailable."),
         "",
     ])
