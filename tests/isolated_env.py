@@ -8,11 +8,37 @@ importable: nothing else from the parent environment, in particular not ``wavede
 
 import subprocess
 import sys
+import textwrap
 import venv
 from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
+
+# What a user of the hub has: torch, transformers, safetensors and tokenizers (and what they require).
+HUB_USER_PACKAGES = ["torch", "transformers", "safetensors", "tokenizers"]
+
+# Runs in the isolated venv with the arguments EXPORT IDS_JSON OUT: load the export as a hub user
+# would, then record logits, greedy generations with and without the cache, and token ids in OUT.
+# A test may append code that uses ``model``, ``prompt`` and ``out``.
+HUB_USER_SCRIPT = textwrap.dedent("""
+    import importlib.util, json, sys
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    assert importlib.util.find_spec("wavedensity") is None, "wavedensity is importable here"
+    export, ids, out = sys.argv[1], torch.tensor(json.loads(sys.argv[2])), sys.argv[3]
+    model = AutoModelForCausalLM.from_pretrained(export, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+    tokenizer = AutoTokenizer.from_pretrained(export, trust_remote_code=True)  # transformers 5 reads config.json
+    with torch.no_grad():
+        logits = model(ids, use_cache=False).logits
+        prompt = dict(input_ids=ids[:, :6], attention_mask=torch.ones_like(ids[:, :6]))
+        cached = model.generate(**prompt, max_new_tokens=20, do_sample=False)
+        uncached = model.generate(**prompt, max_new_tokens=20, do_sample=False, use_cache=False)
+    save_file({"logits": logits, "cached": cached, "uncached": uncached,
+               "encoded": tokenizer("the quick fox", return_tensors="pt").input_ids}, out)
+""")
 
 
 def dependency_closure(names: list[str]) -> dict[str, metadata.Distribution]:

@@ -5,13 +5,12 @@ import contextlib
 import io
 import json
 import os
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_config
-from isolated_env import make_isolated_venv, run_isolated
+from isolated_env import HUB_USER_PACKAGES, HUB_USER_SCRIPT, make_isolated_venv, run_isolated
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
@@ -23,30 +22,6 @@ from wavedensity.share.remote_code import RemoteCodeError, build_remote_code, co
 
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(200))
 MODEL_ENTRY_POINTS = ["wavedensity.models.configuration", "wavedensity.models.modeling"]
-# What a user of the hub has: torch, transformers, safetensors and tokenizers (and what they require).
-HUB_USER_PACKAGES = ["torch", "transformers", "safetensors", "tokenizers"]
-
-# Runs in the isolated venv: load the export as a hub user would, then record logits, generations, token ids.
-HUB_USER_SCRIPT = textwrap.dedent("""
-    import importlib.util, json, sys
-    import torch
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    assert importlib.util.find_spec("wavedensity") is None, "wavedensity is importable here"
-    export, ids, out = sys.argv[1], torch.tensor(json.loads(sys.argv[2])), sys.argv[3]
-    model = AutoModelForCausalLM.from_pretrained(export, trust_remote_code=True).eval()
-    assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
-    tokenizer = AutoTokenizer.from_pretrained(export, trust_remote_code=True)  # transformers 5 reads config.json
-    with torch.no_grad():
-        logits = model(ids, use_cache=False).logits
-        prompt = dict(input_ids=ids[:, :6], attention_mask=torch.ones_like(ids[:, :6]))
-        cached = model.generate(**prompt, max_new_tokens=20, do_sample=False)
-        uncached = model.generate(**prompt, max_new_tokens=20, do_sample=False, use_cache=False)
-    save_file({"logits": logits, "cached": cached, "uncached": uncached,
-               "encoded": tokenizer("the quick fox", return_tensors="pt").input_ids}, out)
-""")
-
-
 def quiet(fn, *args):
     with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
         code = fn(*args)

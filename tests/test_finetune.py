@@ -1,4 +1,5 @@
-"""Fine-tuning with the Hugging Face stack: transformers.Trainer and PEFT LoRA on our models."""
+"""Fine-tuning with the Hugging Face stack: transformers.Trainer and PEFT LoRA on our models, and LoRA
+on a transplanted teacher's attention projections."""
 
 import contextlib
 import io
@@ -6,13 +7,26 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import TEACHER_FAMILIES, tiny_config, tiny_teacher, tiny_transplant
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from wavedensity import WDAForCausalLM
-from wavedensity.share.finetune import FFN_PROJECTIONS, SOFTMAX_PROJECTIONS, WDA_PROJECTIONS, lora_target_modules
+from wavedensity.data import train_char_tokenizer
+from wavedensity.share.finetune import (
+    FFN_PROJECTIONS,
+    SOFTMAX_PROJECTIONS,
+    TEACHER_PROJECTIONS,
+    WDA_PROJECTIONS,
+    lora_target_modules,
+    teacher_lora_targets,
+)
+from wavedensity.share.export import remote_code_file, verify_export, write_self_contained
+from wavedensity.transplant import set_mixing
+from wavedensity.transplant.adapter import model_from_adapter, save_adapter
+from wavedensity.transplant.card import transplant_card
+from wavedensity.transplant.wrapper import wda_parameters
 
 PATTERN = torch.arange(32) % 7 + 3  # a sequence a tiny model learns within a few steps
 
@@ -109,3 +123,76 @@ def test_lora_trains_under_trainer_saves_and_reloads_with_equal_outputs(tmp_path
         merged = reloaded.merge_and_unload()
         assert (merged(ids).logits - trained).abs().max() < 1e-5
         assert torch.equal(merged.generate(ids[:, :5], max_new_tokens=10, do_sample=False), generated)
+
+
+# ---- LoRA on a transplanted teacher's q/k/v/o (LoLCATs' second stage) ---------------------------------
+
+
+@pytest.mark.parametrize("family", TEACHER_FAMILIES)
+def test_teacher_lora_attaches_to_the_teacher_attention_projections_only(family):
+    model = tiny_transplant(family, layers=[0])  # layer 0 wrapped, the others plain teacher layers
+    attention = {"llama": "LlamaAttention", "qwen2": "Qwen2Attention", "gemma3": "Gemma3Attention",
+                 "gpt2": "GPT2Attention"}[family]
+    expected = [f"{name}.{projection}" for name, module in model.named_modules() if type(module).__name__ == attention
+                for projection in TEACHER_PROJECTIONS[attention]]
+    assert teacher_lora_targets(model) == expected
+    assert expected[0].endswith(".0.self_attn.teacher.q_proj" if family != "gpt2" else ".0.attn.teacher.c_attn")
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=teacher_lora_targets(model)))
+    adapted = [name.split(".lora_A")[0].removeprefix("base_model.model.")
+               for name, _ in peft_model.named_parameters() if ".lora_A." in name]
+    assert adapted == expected  # every projection, and nothing in the WDA branch (its v_proj) or the MLP
+    with pytest.raises(ValueError, match="no attention module of the classes"):
+        teacher_lora_targets(WDAForCausalLM(tiny_config()))
+
+
+@pytest.mark.parametrize("train_wda", [False, True])
+def test_teacher_lora_trains_with_the_wda_branches_frozen_or_not_saves_and_reloads(tmp_path, train_wda):
+    tokenizer = train_char_tokenizer(["".join(chr(97 + i) for i in range(26))])
+    teacher = tiny_teacher("llama", vocab=len(tokenizer))
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    model = tiny_transplant("llama", teacher=teacher, base_model=str(tmp_path / "teacher"))
+    set_mixing(model, alpha=0.5, teacher_scale=1.0)  # mixed: the teacher's attention runs
+    branches = {name: p.detach().clone() for name, p in wda_parameters(model).items()}
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=teacher_lora_targets(model),
+                                                  task_type="CAUSAL_LM"))
+    if train_wda:
+        for param in wda_parameters(model).values():
+            param.requires_grad_(True)
+    trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
+    lora = {name for name in trainable if ".lora_" in name}
+    assert len(lora) == 2 * len(teacher_lora_targets(model))
+    assert len(trainable - lora) == (len(branches) if train_wda else 0)
+
+    ids = (torch.arange(32) % 9 + 1)[None].repeat(4, 1)
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    peft_model.train()
+    history = []
+    for _ in range(8):
+        loss = peft_model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        history.append(float(loss.detach()))
+    assert history[-1] < history[0], history
+    changed = [name for name, p in wda_parameters(model).items() if not torch.equal(p, branches[name])]
+    assert (len(changed) > 0) if train_wda else changed == []
+
+    peft_model.save_pretrained(tmp_path / "stage2")  # LoRA: adapter_model.safetensors + adapter_config.json
+    save_adapter(model, tmp_path / "stage2")  # the WDA branches: adapter.safetensors + adapter.json
+    reloaded, _ = model_from_adapter(tmp_path / "stage2")  # the teacher from its directory + the branches
+    set_mixing(reloaded, alpha=0.5, teacher_scale=1.0)
+    with torch.no_grad():
+        plain_logits = reloaded.eval()(ids, use_cache=False).logits
+    reloaded = PeftModel.from_pretrained(reloaded, tmp_path / "stage2").eval()
+    peft_model.eval()
+    with torch.no_grad():
+        trained = peft_model(input_ids=ids, use_cache=False).logits
+        assert torch.equal(reloaded(input_ids=ids, use_cache=False).logits, trained)
+        assert (plain_logits - trained).abs().max() > 1e-3  # the LoRA changed the model
+
+    merged = reloaded.merge_and_unload()  # shared as docs/transplant.md says: one self-contained directory
+    merged.record_mixing()
+    card = transplant_card(merged, None, remote_code_file(merged))
+    out = write_self_contained(merged, tokenizer, tmp_path / "hub", card)
+    assert verify_export(peft_model, out) < 1e-5

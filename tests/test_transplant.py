@@ -4,18 +4,9 @@
 
 import pytest
 import torch
+from conftest import TEACHER_FAMILIES, TEACHER_VOCAB, TINY_BRANCH, tiny_teacher, tiny_transplant
 from safetensors.torch import load_file, save_file
-from transformers import (
-    AutoModelForCausalLM,
-    Gemma3ForCausalLM,
-    Gemma3TextConfig,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from transformers import AutoModelForCausalLM
 
 from wavedensity.train import ConfigError
 from wavedensity.transplant import (
@@ -33,51 +24,14 @@ from wavedensity.transplant.losses import kl_to_teacher
 from wavedensity.transplant.schedule import mixing_at
 from wavedensity.transplant.wrapper import trainable_parameters
 
-VOCAB = 41
-WDA = dict(seq_len=32, num_masks=4, num_waves_per_mask=2, topk_masks=2, gate_hidden=8, content_rank=2)
-
-
-def tiny_teacher(family: str, vocab: int = VOCAB):
-    torch.manual_seed(0)
-    common = dict(vocab_size=vocab, hidden_size=24, intermediate_size=48, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=64)
-    if family == "llama":  # SmolLM's architecture (tied embeddings)
-        return LlamaForCausalLM(LlamaConfig(**common, num_hidden_layers=2, tie_word_embeddings=True)).eval()
-    if family == "qwen2":
-        return Qwen2ForCausalLM(Qwen2Config(**common, num_hidden_layers=2)).eval()
-    if family == "gemma3":  # sliding-window and global layers, head_dim independent of the width
-        return Gemma3ForCausalLM(Gemma3TextConfig(
-            **{**common, "num_attention_heads": 2, "num_key_value_heads": 1}, head_dim=16, num_hidden_layers=3,
-            sliding_window=4, layer_types=["sliding_attention", "sliding_attention", "full_attention"])).eval()
-    if family == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=24, n_layer=2, n_head=4, n_positions=64,
-                                          bos_token_id=0, eos_token_id=0)).eval()
-    raise ValueError(family)
-
-
-FAMILIES = ["llama", "qwen2", "gemma3", "gpt2"]
-
-
-def transplanted(family: str, layers=None, **wda):
-    teacher = tiny_teacher(family)
-    layers = layers if layers is not None else list(range(teacher.config.num_hidden_layers))
-    model = WDATransplantForCausalLM.from_teacher(teacher, f"tiny-{family}", layers, {**WDA, **wda})
-    with torch.no_grad():  # gamma well away from 0 and routing weights that depend on content
-        for name, param in trainable_parameters(model).items():
-            if name.endswith(".gamma"):
-                param.fill_(0.7)
-            elif "gate_" in name or "scale_" in name:
-                param.normal_(0.0, 0.3)
-    return model.eval()
-
 
 def ids(batch=2, length=9, seed=1):
-    return torch.randint(VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(TEACHER_VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TEACHER_FAMILIES)
 def test_inspect_finds_every_attention(family):
-    model = transplanted(family, layers=[0])
+    model = tiny_transplant(family, layers=[0])
     sites = find_attention(model.base)
     assert [s.layer for s in sites] == list(range(model.config.text_config.num_hidden_layers))
     assert all(s.wrappable and s.hidden_size == 24 for s in sites)
@@ -90,12 +44,12 @@ def test_inspect_finds_every_attention(family):
         assert sites[0].path == "transformer.h.0.attn" and sites[0].kv_heads == 4
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TEACHER_FAMILIES)
 def test_alpha_zero_is_exactly_the_teacher(family):
     teacher = tiny_teacher(family)
     with torch.no_grad():
         expected = teacher(ids()).logits.clone()
-    model = transplanted(family)
+    model = tiny_transplant(family)
     set_mixing(model, alpha=0.0, teacher_scale=1.0)
     with torch.no_grad():
         assert torch.equal(model(ids()).logits, expected)
@@ -103,9 +57,9 @@ def test_alpha_zero_is_exactly_the_teacher(family):
         assert not torch.allclose(model(ids()).logits, expected, atol=1e-3)  # the branch is live otherwise
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TEACHER_FAMILIES)
 def test_teacher_scale_zero_never_runs_the_teacher(family):
-    model = transplanted(family)
+    model = tiny_transplant(family)
     calls = []
     for site in find_attention(model.base):
         teacher = model.base.get_submodule(site.path).teacher
@@ -121,10 +75,10 @@ def test_teacher_scale_zero_never_runs_the_teacher(family):
     assert len(calls) == model.config.text_config.num_hidden_layers
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TEACHER_FAMILIES)
 @pytest.mark.parametrize("teacher_scale", [0.0, 1.0])
 def test_cached_decoding_matches_full_forward(family, teacher_scale):
-    model = transplanted(family)
+    model = tiny_transplant(family)
     set_mixing(model, alpha=1.0, teacher_scale=teacher_scale)
     tokens = ids(length=12)
     with torch.no_grad():
@@ -144,7 +98,7 @@ def test_cached_decoding_matches_full_forward(family, teacher_scale):
 def test_wda_cache_needs_a_transplant_cache():
     from transformers import DynamicCache
 
-    model = transplanted("llama")
+    model = tiny_transplant("llama")
     set_mixing(model, alpha=1.0)
     with pytest.raises(TransplantError, match="TransplantCache"):
         model.base(ids(), cache=DynamicCache(config=model.config.text_config), use_cache=True)
@@ -158,14 +112,14 @@ def test_layer_selection():
     for bad in ([4], [0, 0], [], {"every": 0}, {"each": 2}, "some"):
         with pytest.raises(TransplantError):
             select_layers(bad, 4)
-    model = transplanted("qwen2", layers=[1])
+    model = tiny_transplant("qwen2", layers=[1])
     wrapped = [type(layer.self_attn).__name__ for layer in model.base.model.layers]
     assert wrapped == ["Qwen2Attention", "ParallelAttention"]
 
 
 def test_partial_selection_decodes_teacher_free():
-    """Unwrapped layers keep running the teacher with its KV cache while wrapped ones run WDA alone."""
-    model = transplanted("gemma3", layers=[0, 2])  # layer 1 (sliding) keeps its teacher
+    """Unwrapped layers keep running the teacher with its KV cache while wrapped ones run TINY_BRANCH alone."""
+    model = tiny_transplant("gemma3", layers=[0, 2])  # layer 1 (sliding) keeps its teacher
     set_mixing(model, alpha=1.0, teacher_scale=0.0)
     tokens = ids(length=10)
     with torch.no_grad():
@@ -179,7 +133,7 @@ def test_partial_selection_decodes_teacher_free():
 
 
 def test_only_wda_gamma_and_gain_train():
-    model = transplanted("llama")
+    model = tiny_transplant("llama")
     names = set(trainable_parameters(model))
     assert {n for n in names if n.endswith((".gamma", ".gain"))} == {
         f"base.model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("gamma", "gain")}
@@ -189,7 +143,7 @@ def test_only_wda_gamma_and_gain_train():
 
 
 def test_a_few_steps_reduce_the_kl():
-    model = transplanted("qwen2")
+    model = tiny_transplant("qwen2")
     with torch.no_grad():
         model.base.lm_head.weight.mul_(30)  # a random tiny teacher is near uniform; give it opinions
     params = trainable_parameters(model)
@@ -220,10 +174,10 @@ def test_kl_is_zero_for_identical_logits_and_scales_with_temperature():
 
 
 def test_adapter_round_trip_and_export(tmp_path):
-    model = transplanted("gpt2")
+    model = tiny_transplant("gpt2")
     set_mixing(model, alpha=0.8, teacher_scale=0.0)
     save_adapter(model, tmp_path / "adapter", step=7)
-    fresh = WDATransplantForCausalLM.from_teacher(tiny_teacher("gpt2"), "tiny-gpt2", [0, 1], WDA).eval()
+    fresh = WDATransplantForCausalLM.from_teacher(tiny_teacher("gpt2"), "tiny-gpt2", [0, 1], TINY_BRANCH).eval()
     set_mixing(fresh, alpha=0.8, teacher_scale=0.0)
     with torch.no_grad():
         assert not torch.equal(fresh(ids()).logits, model(ids()).logits)
@@ -239,7 +193,7 @@ def test_adapter_round_trip_and_export(tmp_path):
 
 
 def test_mismatched_adapter_is_refused_by_name(tmp_path):
-    model = transplanted("llama")
+    model = tiny_transplant("llama")
     save_adapter(model, tmp_path / "a")
     weights = tmp_path / "a" / "adapter.safetensors"
     tensors = load_file(weights)
@@ -247,18 +201,18 @@ def test_mismatched_adapter_is_refused_by_name(tmp_path):
     tensors[name] = tensors[name][:, :3].contiguous()
     save_file(tensors, weights)
     with pytest.raises(TransplantError, match=name.replace(".", r"\.") + " has shape"):
-        load_adapter(transplanted("llama"), tmp_path / "a")
+        load_adapter(tiny_transplant("llama"), tmp_path / "a")
     del tensors[name]
     save_file(tensors, weights)
     with pytest.raises(TransplantError, match="missing"):
-        load_adapter(transplanted("llama"), tmp_path / "a")
+        load_adapter(tiny_transplant("llama"), tmp_path / "a")
     with pytest.raises(TransplantError, match="base model 'tiny-llama'"):
-        load_adapter(transplanted("qwen2"), tmp_path / "a")
+        load_adapter(tiny_transplant("qwen2"), tmp_path / "a")
     with pytest.raises(TransplantError, match="wraps layers"):
         save_adapter(model, tmp_path / "b")
-        load_adapter(transplanted("llama", layers=[1]), tmp_path / "b")
+        load_adapter(tiny_transplant("llama", layers=[1]), tmp_path / "b")
     with pytest.raises(TransplantError, match="num_masks"):
-        load_adapter(transplanted("llama", num_masks=3, topk_masks=1), tmp_path / "b")
+        load_adapter(tiny_transplant("llama", num_masks=3, topk_masks=1), tmp_path / "b")
 
 
 def minimal_config(**overrides) -> dict:
@@ -353,7 +307,7 @@ def test_presets_are_valid_configs():
 def test_wrapper_reads_through_to_the_teacher_and_copies():
     import copy
 
-    model = transplanted("gemma3")
+    model = tiny_transplant("gemma3")
     wrapper = model.base.model.layers[0].self_attn
     assert (wrapper.layer_idx, wrapper.is_sliding, wrapper.sliding_window) == (0, True, 4)
     with pytest.raises(AttributeError):
@@ -371,7 +325,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     labels = torch.roll(tokens, -1, dims=1)
     grads = []
     for checkpointing in (False, True):
-        model = transplanted("llama")
+        model = tiny_transplant("llama")
         set_mixing(model, alpha=1.0, teacher_scale=0.5)
         params = trainable_parameters(model)
         set_training_mode(model, checkpointing)

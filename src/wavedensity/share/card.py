@@ -46,17 +46,21 @@ class RunRecord:
 def read_run(run_dir) -> RunRecord:
     """``run.json`` and ``metrics.jsonl`` of a run written by ``wda train`` / ``wda demo``."""
     run_dir = Path(run_dir)
-    config = TrainConfig.from_file(run_dir / "run.json")
-    metrics = run_dir / "metrics.jsonl"
+    return RunRecord(run_dir, TrainConfig.from_file(run_dir / "run.json"), read_metrics(run_dir / "metrics.jsonl"))
+
+
+def read_metrics(path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl`` (none when the file is absent)."""
+    path = Path(path)
     rows = []
-    if metrics.is_file():
-        for number, line in enumerate(metrics.read_text(encoding="utf-8").splitlines(), 1):
+    if path.is_file():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{metrics}:{number}: not a JSON line ({err})") from None
-    return RunRecord(run_dir, config, rows)
+                    raise ValueError(f"{path}:{number}: not a JSON line ({err})") from None
+    return rows
 
 
 def find_run(model_dir) -> Path | None:
@@ -159,26 +163,15 @@ def harness_lines(harness: list[dict], unknown_token: str | None) -> list[str]:
     return [*lines, ""]
 
 
-def model_card(model, tokenizer, rows: list[tuple[str, object]], run: RunRecord | None, harness: list[dict],
-               remote_code_file: str) -> str:
-    """The README.md of an export. ``rows`` describe the model (``wda info``'s table)."""
-    c = model.config
-    routing = c.routing if c.mixer == "wda" else None
-    what = ("Wave-Density Attention (WDA) language model" if c.mixer == "wda" else
-            "softmax-attention baseline of the wavedensity project (the skeleton of its WDA models)")
-    lines = [
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: text-generation",
-        "tags: [wavedensity, wave-density-attention, custom_code]",
-        "---",
-        "",
-        f"# {what}",
-        "",
-        (f"A {model.num_parameters():,}-parameter {what}. WDA replaces dot-product attention with causal kernels "
-         "built from interfering learned waves, mixed per head by a router (Mixture-of-Masks) and applied as a "
-         "causal Toeplitz operator."),
-        "",
+def card_head(title: str, intro: str) -> list[str]:
+    """The hub's front matter, the title and the opening paragraph of a card."""
+    return ["---", "library_name: transformers", "pipeline_tag: text-generation",
+            "tags: [wavedensity, wave-density-attention, custom_code]", "---", "", f"# {title}", "", intro, ""]
+
+
+def use_section(remote_code_file: str) -> list[str]:
+    """How to load and run an export, and where its modeling code comes from."""
+    return [
         "## Use",
         "",
         "```python",
@@ -196,6 +189,21 @@ def model_card(model, tokenizer, rows: list[tuple[str, object]], run: RunRecord 
          "fail to load it. In a process that has imported `wavedensity`, transformers uses the package's own "
          "registered classes for these files instead, and `trust_remote_code` is not needed."),
         "",
+    ]
+
+
+def model_card(model, tokenizer, rows: list[tuple[str, object]], run: RunRecord | None, harness: list[dict],
+               remote_code_file: str) -> str:
+    """The README.md of an export. ``rows`` describe the model (``wda info``'s table)."""
+    c = model.config
+    routing = c.routing if c.mixer == "wda" else None
+    what = ("Wave-Density Attention (WDA) language model" if c.mixer == "wda" else
+            "softmax-attention baseline of the wavedensity project (the skeleton of its WDA models)")
+    lines = [
+        *card_head(what, (f"A {model.num_parameters():,}-parameter {what}. WDA replaces dot-product attention with "
+                          "causal kernels built from interfering learned waves, mixed per head by a router "
+                          "(Mixture-of-Masks) and applied as a causal Toeplitz operator.")),
+        *use_section(remote_code_file),
         "## Architecture",
         "",
         "| | |",

@@ -106,10 +106,15 @@ def cmd_export(args) -> int:
     from ..cli import TOKENIZER_FILES
     from ..data import load_tokenizer
     from ..generation import load_model
+    from ..jsonfile import read_json
     from .card import find_run, read_harness_results, read_run
     from .export import ExportError, export_self_contained, verify_export
 
     model_dir = Path(args.model)
+    if (model_dir / "config.json").is_file() and read_json(model_dir / "config.json").get("model_type") == \
+            "wda_transplant":
+        raise ExportError(f"{model_dir} is a transplanted model: `wda transplant export --adapter RUN_DIR --out OUT` "
+                          "writes its self-contained export (with the distillation in the card)")
     model = load_model(model_dir)
     if args.tokenizer is None and not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
         raise ExportError(f"{model_dir} holds no tokenizer; pass --tokenizer PATH (the one the model was trained with)")

@@ -46,6 +46,11 @@ def auto_classes(model) -> dict[str, type]:
     return classes
 
 
+def remote_code_file(model) -> str:
+    """The name of the generated modeling file in an export (``auto_map`` names its classes)."""
+    return f"modeling_{model.config.model_type}.py"
+
+
 def export_self_contained(model, tokenizer, out_dir, *, run: RunRecord | None = None,
                           harness_results: list[dict] = (), rows: list[tuple[str, object]] | None = None) -> Path:
     """Write ``model`` and ``tokenizer`` to ``out_dir`` (new or empty) as a self-contained hub repository.
@@ -54,13 +59,20 @@ def export_self_contained(model, tokenizer, out_dir, *, run: RunRecord | None = 
     card's training and evaluation sections; without them the card says "not recorded" / "not
     evaluated". ``rows`` describe the architecture (default: ``wda info``'s table).
     """
+    card = model_card(model, tokenizer, rows or model_rows(model), run, list(harness_results), remote_code_file(model))
+    return write_self_contained(model, tokenizer, out_dir, card)
+
+
+def write_self_contained(model, tokenizer, out_dir, card: str) -> Path:
+    """Write any of the package's model classes to ``out_dir`` (new or empty) with its generated remote
+    code, tokenizer, generation config and ``card`` as README.md."""
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} already exists and is not an empty directory; export into a new one")
-    check_tokenizer_fits(tokenizer, model.config.vocab_size)
+    check_tokenizer_fits(tokenizer, model.config.get_text_config(decoder=True).vocab_size)
     classes = auto_classes(model)
     modules = sorted({cls.__module__ for cls in classes.values()})
-    module_name = f"modeling_{model.config.model_type}"
+    module_name = remote_code_file(model).removesuffix(".py")
     code = build_remote_code(modules, remote_code_header(modules))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)  # safetensors weights and config.json, rewritten below with the auto_map
@@ -76,9 +88,7 @@ def export_self_contained(model, tokenizer, out_dir, *, run: RunRecord | None = 
     generation.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / f"{module_name}.py").write_text(code, encoding="utf-8")
-    (out / "README.md").write_text(model_card(model, tokenizer, rows or model_rows(model), run, list(harness_results),
-                                              f"{module_name}.py"),
-                                   encoding="utf-8")
+    (out / "README.md").write_text(card, encoding="utf-8")
     return out
 
 
@@ -96,7 +106,8 @@ def verify_export(model, out_dir, length: int = 32, seed: int = 0) -> float:
     remote_class = get_class_from_dynamic_module(auto_map["AutoModelForCausalLM"], str(out_dir))
     loaded = remote_class.from_pretrained(out_dir).eval()
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(model.config.vocab_size, (1, min(length, model.config.seq_len)), generator=generator)
+    vocab_size = model.config.get_text_config(decoder=True).vocab_size
+    ids = torch.randint(vocab_size, (1, min(length, model.config.seq_len)), generator=generator)
     device, was_training = next(model.parameters()).device, model.training
     ours = model.eval()(ids.to(device), use_cache=False).logits.float().cpu()
     model.train(was_training)

@@ -3,6 +3,9 @@
 LoRA wraps ``nn.Linear`` layers, matched by the end of their module names. The routing MLPs'
 second layers and the wave parameters are per-head tensors (``gate_out_weight``, ``freqs``, ...),
 not ``nn.Linear``; train them directly (``modules_to_save`` or ``requires_grad``) if needed.
+
+In a transplanted model (``WDATransplantForCausalLM``) LoRA goes on the teacher's own attention
+projections, the second stage LoLCATs runs after attention transfer: ``teacher_lora_targets``.
 """
 
 from torch import nn
@@ -33,3 +36,27 @@ def lora_target_modules(model, *, ffn: bool = False) -> list[str]:
     present = {name for name in names for module_name, module in model.named_modules()
                if isinstance(module, nn.Linear) and (module_name == name or module_name.endswith("." + name))}
     return [name for name in names if name in present]
+
+
+# The projections inside each supported teacher attention class, by their names in transformers.
+TEACHER_PROJECTIONS = {
+    "LlamaAttention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "Qwen2Attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "Gemma3Attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "GPT2Attention": ("c_attn", "c_proj"),  # Conv1D layers; c_attn holds q, k and v fused
+}
+
+
+def teacher_lora_targets(model) -> list[str]:
+    """The full module paths of every teacher attention projection in ``model`` (a wrapped layer's
+    under ``...self_attn.teacher.``), for ``peft.LoraConfig(target_modules=...)``.
+
+    Full paths rather than suffixes: the WDA branches have a ``v_proj`` of their own, and GPT-2's
+    MLP a ``c_proj``, which must not be adapted with the attention.
+    """
+    targets = [f"{name}.{projection}" for name, module in model.named_modules()
+               for projection in TEACHER_PROJECTIONS.get(type(module).__name__, ())]
+    if not targets:
+        raise ValueError(f"{type(model).__name__} holds no attention module of the classes "
+                         f"{', '.join(TEACHER_PROJECTIONS)}: no teacher projections for LoRA")
+    return targets

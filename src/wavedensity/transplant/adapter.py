@@ -19,7 +19,7 @@ from ..data import load_tokenizer
 from ..jsonfile import read_json
 from .find import TransplantError
 from .model import WDATransplantForCausalLM
-from .wrapper import trainable_parameters
+from .wrapper import wda_parameters
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
@@ -40,8 +40,8 @@ def adapter_metadata(model: WDATransplantForCausalLM, step: int | None = None) -
 
 
 def adapter_tensors(model: WDATransplantForCausalLM) -> dict[str, torch.Tensor]:
-    """The trainable tensors by name (freezing everything else, which is what a transplant trains)."""
-    return trainable_parameters(model)
+    """The tensors a transplant trains (WDA branches, gamma, gain) by name; ``requires_grad`` is left as it is."""
+    return wda_parameters(model)
 
 
 def save_adapter(model: WDATransplantForCausalLM, directory, step: int | None = None) -> Path:

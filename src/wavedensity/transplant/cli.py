@@ -5,7 +5,6 @@ Registered by ``wavedensity.cli.build_parser``; errors follow the ``wda`` rules 
 """
 
 import json
-from pathlib import Path
 
 DEFAULT_PROMPTS = ("ROMEO:\n", "The ")
 
@@ -115,19 +114,24 @@ def cmd_swap_check(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .adapter import model_from_adapter
+    from ..share.export import ExportError, remote_code_file, verify_export, write_self_contained
+    from .adapter import model_from_adapter, read_adapter
+    from .card import find_transplant_run, transplant_card
     from .evaluation import set_mode
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} exists and is not empty; choose another --out")
+    meta, _ = read_adapter(args.adapter)
     model, tokenizer = model_from_adapter(args.adapter)
     set_mode(model, args.mode, args.alpha)
     model.record_mixing()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    print(f"wrote {out}: teacher + adapter as one model (mode {args.mode}); load it with "
-          f"AutoModelForCausalLM.from_pretrained({str(out)!r}) after `import wavedensity`")
+    run = find_transplant_run(args.adapter, meta["step"])
+    out = write_self_contained(model, tokenizer, args.out, transplant_card(model, run, remote_code_file(model)))
+    difference = verify_export(model, out)
+    if difference > 1e-5:
+        raise ExportError(f"{out}: the generated remote code gives logits {difference:.2e} away from the package's")
+    print(f"wrote {out}: {meta['base_model']} + adapter (step {meta['step']}) as one model, mode {args.mode}; card "
+          f"from {run.directory if run else 'no training run'}")
+    print(f"checked: loaded through its remote code, max |logit difference| {difference:.1e}")
+    print(f"load anywhere: AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
     return 0
 
 
@@ -178,9 +182,13 @@ def add_transplant_commands(commands) -> None:
     swap.add_argument("--json", action="store_true", help="print JSON")
     swap.set_defaults(run=cmd_swap_check)
 
-    export = sub.add_parser("export", help="merge teacher and adapter into one from_pretrained directory")
+    export = sub.add_parser("export", help="merge teacher and adapter into one self-contained hub directory",
+                            description="Writes OUT with the merged weights, config.json (auto_map), the generated "
+                            "modeling code of the wrapper, the tokenizer and a model card, then loads OUT through "
+                            "that code and checks it gives the same logits. Load it anywhere with "
+                            "AutoModelForCausalLM.from_pretrained(OUT, trust_remote_code=True).")
     export.add_argument("--adapter", required=True, metavar="DIR")
-    export.add_argument("--out", required=True, metavar="DIR")
+    export.add_argument("--out", required=True, metavar="DIR", help="new or empty output directory")
     export.add_argument("--mode", choices=["teacher", "wda", "mixed"], default="wda",
                         help="the mixing the exported model runs with (default wda: teacher-free)")
     export.add_argument("--alpha", type=float, default=1.0)

@@ -211,15 +211,23 @@ def teacher_mode(model: nn.Module):
             wrapper.alpha, wrapper.teacher_scale = alpha, scale
 
 
-def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Freeze everything but the WDA branches, gamma and gain; return those by name."""
-    for param in model.parameters():
-        param.requires_grad_(False)
-    trainable = {}
+def wda_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The WDA branches', gammas' and gains' parameters by name (what an adapter holds); nothing is
+    frozen or unfrozen, so a LoRA stage can choose whether they train."""
+    found = {}
     for name, module in model.named_modules():
         if isinstance(module, ParallelAttention):
             for pname, param in module.named_parameters():
                 if not pname.startswith("teacher."):
-                    param.requires_grad_(True)
-                    trainable[f"{name}.{pname}" if name else pname] = param
+                    found[f"{name}.{pname}" if name else pname] = param
+    return found
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Freeze everything but the WDA branches, gamma and gain; return those by name."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    trainable = wda_parameters(model)
+    for param in trainable.values():
+        param.requires_grad_(True)
     return trainable
