@@ -72,10 +72,13 @@ def plot_curves(runs: dict[str, tuple[Path, float]], path: Path, title: str) -> 
     for label, (out, seconds_per_step) in runs.items():
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         points = sorted({r["step"]: r["loss"] for r in rows if r["kind"] == "val"}.items())
-        steps, losses = zip(*points)
-        by_step.plot(steps, losses, marker="o", markersize=3, label=label)
-        by_time.plot([s * seconds_per_step / 60 for s in steps], losses, marker="o", markersize=3, label=label)
-    by_step.set_xlabel("training step")
+        # periodic evaluations read the first validation windows, the final one all of them: the final
+        # point is drawn apart (a star) so the line compares like with like
+        (steps, losses), (last_step, last_loss) = zip(*points[:-1]) if len(points) > 1 else ((), ()), points[-1]
+        for axis, scale in ((by_step, 1), (by_time, seconds_per_step / 60)):
+            line = axis.plot([s * scale for s in steps], losses, marker="o", markersize=3, label=label)[0]
+            axis.plot([last_step * scale], [last_loss], marker="*", markersize=10, color=line.get_color())
+    by_step.set_xlabel("training step (line: first validation windows; star: all of them, at the end)")
     by_time.set_xlabel("compute time (min, from measured step times)")
     by_step.set_ylabel("validation loss (nats/char)")
     for axis in (by_step, by_time):
