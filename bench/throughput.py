@@ -64,12 +64,18 @@ def train_rate(model, batch: int, seq: int, steps: int) -> float:
 
 @torch.no_grad()
 def decode_rate(model, batch: int, prompt: int, new: int, use_cache: bool) -> float:
+    """Generated tokens/s after the prompt: ``generate`` of ``new`` tokens minus ``generate`` of one, so the
+    prompt's forward pass (the prefill, a training-like batch) is not counted as decoding."""
     model.eval()
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt))
-    model.generate(ids, max_new_tokens=2, do_sample=False, use_cache=use_cache)
-    start = time.perf_counter()
-    model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=use_cache)
-    return batch * new / (time.perf_counter() - start)
+
+    def seconds(tokens: int) -> float:
+        start = time.perf_counter()
+        model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, use_cache=use_cache)
+        return time.perf_counter() - start
+
+    seconds(2)  # warm-up
+    return batch * (new - 1) / (seconds(new) - seconds(1))
 
 
 def main(argv=None):
@@ -82,6 +88,7 @@ def main(argv=None):
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--mixers", default="wda,softmax")
     parser.add_argument("--no-decode", action="store_true", help="measure training only")
+    parser.add_argument("--no-train", action="store_true", help="measure decoding only")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
@@ -93,8 +100,8 @@ def main(argv=None):
     for mixer in args.mixers.split(","):
         config = preset_config(args.preset, mixer=mixer, seq_len=max(args.seq, 1))
         model = WDAForCausalLM(config)
-        rate = train_rate(model, args.train_batch, args.seq, args.steps)
-        mfu = 6 * matmul_params(model) * rate / (peak * 1e9)
+        rate = None if args.no_train else train_rate(model, args.train_batch, args.seq, args.steps)
+        mfu = None if args.no_train else 6 * matmul_params(model) * rate / (peak * 1e9)
         prompt = max(1, args.seq - args.new_tokens)
         decode = {b: (decode_rate(model, b, prompt, args.new_tokens, True),
                       decode_rate(model, b, prompt, args.new_tokens, False)) for b in
@@ -102,14 +109,16 @@ def main(argv=None):
         bound = read * 1e9 / (4 * matmul_params(model))  # float32 bytes of the weights each token reads
         rows.append((mixer, model.num_parameters(), rate, mfu, decode, bound))
     print(f"Preset {args.preset}; training batch {args.train_batch} x {args.seq}; decoding {args.new_tokens} new "
-          f"tokens after a {max(1, args.seq - args.new_tokens)}-token prompt (greedy).\n")
+          f"tokens after a {max(1, args.seq - args.new_tokens)}-token prompt (greedy; the prompt's forward pass "
+          "is not counted: generate(N) - generate(1)).\n")
     batches = [int(x) for x in args.decode_batches.split(",")]
     head = " | ".join(f"decode b={b} cached / recomputed" for b in batches)
     print(f"| mixer | parameters | train tokens/s | MFU | {head} | batch-1 weight-read bound |")
     print("|---|---|---|---|" + "---|" * len(batches) + "---|")
     for mixer, params, rate, mfu, decode, bound in rows:
         cells = " | ".join(f"{decode[b][0]:.1f} / {decode[b][1]:.1f} tok/s" if b in decode else "-" for b in batches)
-        print(f"| {mixer} | {params:,} | {rate:.0f} | {mfu:.0%} | {cells} | {bound:.1f} tok/s |")
+        trained = "- | -" if rate is None else f"{rate:.0f} | {mfu:.0%}"
+        print(f"| {mixer} | {params:,} | {trained} | {cells} | {bound:.1f} tok/s |")
 
 
 if __name__ == "__main__":
