@@ -3,7 +3,15 @@
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .layers import WaveDensityAttention, WDACache
-from .models import PRESETS, WaveCharLM, WDAConfig, WDAForCausalLM, WDAModel, load_release, preset_config
+from .models import (
+           PRESETS,
+           WaveCharLM,
+           WDAConfig,
+           WDAForCausalLM,
+           WDAModel,
+           load_release,
+           preset_config,
+)
 from .transplant import WDATransplantConfig, WDATransplantForCausalLM
 
 AutoConfig.register(WDAConfig.model_type, WDAConfig, exist_ok=True)

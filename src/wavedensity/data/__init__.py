@@ -8,7 +8,13 @@ from .examples import Example, parse_hh, render_chat
 from .sampling import BlockSampler, Mixture, eval_blocks
 from .sources import read_examples
 from .splits import split_train_val
-from .tokenizer import check_tokenizer_fits, load_tokenizer, make_tokenizer, train_bpe_tokenizer, train_char_tokenizer
+from .tokenizer import (
+           check_tokenizer_fits,
+           load_tokenizer,
+           make_tokenizer,
+           train_bpe_tokenizer,
+           train_char_tokenizer,
+)
 
 __all__ = ["BlockSampler", "DataError", "Example", "Mixture", "TokenizedCorpus", "check_tokenizer_fits",
            "default_corpus", "eval_blocks", "load_tokenizer", "make_tokenizer", "parse_hh", "read_examples",

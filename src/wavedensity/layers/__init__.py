@@ -3,7 +3,11 @@
 from .block import WDABlock
 from .cache import WDACache, WDALayerState
 from .softmax_attention import SoftmaxAttention
-from .wave_attention import NonCausalRoutingWarning, WaveDensityAttention, fixed_content_matrices
+from .wave_attention import (
+    NonCausalRoutingWarning,
+    WaveDensityAttention,
+    fixed_content_matrices,
+)
 
 __all__ = [
     "NonCausalRoutingWarning",

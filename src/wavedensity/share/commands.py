@@ -108,7 +108,7 @@ def cmd_export(args) -> int:
     from ..generation import load_model
     from ..jsonfile import read_json
     from .card import find_run, read_harness_results, read_run
-    from .export import ExportError, export_self_contained, verify_export
+    from .export import ExportError, check_export, export_self_contained
 
     model_dir = Path(args.model)
     if (model_dir / "config.json").is_file() and read_json(model_dir / "config.json").get("model_type") == \
@@ -123,11 +123,7 @@ def cmd_export(args) -> int:
     run = read_run(run_dir) if run_dir is not None else None
     harness = [read_harness_results(path) for path in args.harness_results]
     out = export_self_contained(model, tokenizer, args.out, run=run, harness_results=harness)
-    difference = verify_export(model, out)
-    if difference > 1e-5:
-        raise ExportError(f"{out}: the generated remote code gives logits {difference:.2e} away from the package's")
     print(f"wrote {out} ({model.num_parameters():,} parameters, routing={model.config.routing}; card from "
           f"{run_dir or 'no training run'}, {len(harness)} harness result file(s))")
-    print(f"checked: loaded through its remote code, max |logit difference| {difference:.1e}")
-    print(f"load anywhere: AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
+    check_export(model, out)
     return 0

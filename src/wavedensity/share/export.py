@@ -113,3 +113,12 @@ def verify_export(model, out_dir, length: int = 32, seed: int = 0) -> float:
     model.train(was_training)
     theirs = loaded(ids, use_cache=False).logits.float()
     return float((ours - theirs).abs().max())
+
+
+def check_export(model, out_dir) -> None:
+    """Refuse an export whose remote code does not reproduce ``model`` (1e-5); print how to load it."""
+    difference = verify_export(model, out_dir)
+    if difference > 1e-5:
+        raise ExportError(f"{out_dir}: the generated remote code gives logits {difference:.2e} away from the package's")
+    print(f"checked: loaded through its remote code, max |logit difference| {difference:.1e}")
+    print(f"load anywhere: AutoModelForCausalLM.from_pretrained({str(out_dir)!r}, trust_remote_code=True)")

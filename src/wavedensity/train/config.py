@@ -8,7 +8,6 @@ import torch
 
 from ..jsonfile import read_json
 
-
 DISTRIBUTED_STRATEGIES = ("ddp", "fsdp2")  # see distributed.py
 
 

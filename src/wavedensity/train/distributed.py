@@ -295,7 +295,10 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
     if not is_sharded(model):
         optimizer.load_state_dict(state)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
 
     name_by_id = {id(param): name for name, param in model.named_parameters()}
     name_of = {i: name_by_id[id(param)] for group, live in zip(optimizer.state_dict()["param_groups"],

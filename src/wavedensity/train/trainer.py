@@ -75,6 +75,19 @@ def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=True)
 
 
+def resume_optimizer(checkpoint: Path | None, model, optimizer, runtime, seed: int, log) -> int:
+    """Restore the optimizer and RNG states of ``checkpoint`` (none: a fresh run) and give ranks > 0 their
+    own random stream; return the step training starts from."""
+    start = 0
+    if checkpoint is not None:
+        start = load_training_state(checkpoint, optimizer,
+                                    lambda state: distributed.load_optimizer_state(model, optimizer, state))["step"]
+        log(f"resuming {checkpoint.parent.parent} from step {start}")
+    if runtime.rank > 0:  # random draws (the stochastic density) differ between ranks, as rows do
+        torch.manual_seed(derive_seed(seed, "rank", runtime.rank, start))
+    return start
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -309,13 +322,7 @@ def _train(config: TrainConfig, run_dir: Path, runtime, *, resume: bool, progres
     trained = distributed.wrap_model(model, runtime, config.distributed, blocks=model.model.layers,
                                      find_unused_parameters=no_gradient)
     optimizer = make_optimizer(model, config)
-    start = 0
-    if checkpoint is not None:
-        start = load_training_state(checkpoint, optimizer,
-                                    lambda state: distributed.load_optimizer_state(model, optimizer, state))["step"]
-        log(f"resuming {run_dir} from step {start}")
-    if runtime.rank > 0:  # random draws (the stochastic density) differ between ranks, as rows do
-        torch.manual_seed(derive_seed(config.seed, "rank", runtime.rank, start))
+    start = resume_optimizer(checkpoint, model, optimizer, runtime, config.seed, log)
     seq_len = model.config.seq_len
     if len(corpora) == 1:
         sampler = BlockSampler(corpora[0][0], seq_len, config.batch_size, config.seed)

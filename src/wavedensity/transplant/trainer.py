@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import BlockSampler, Mixture, check_tokenizer_fits, eval_blocks
-from ..data.sampling import IGNORE, derive_seed
+from ..data.sampling import IGNORE
 from ..eval import evaluate
 from ..train import ConfigError, distributed
-from ..train.checkpoint import load_training_state, save_checkpoint
+from ..train.checkpoint import save_checkpoint
 from ..train.trainer import (
     MetricsLog,
     autocast_context,
@@ -35,6 +35,7 @@ from ..train.trainer import (
     make_optimizer,
     plot_curves,
     prepare_data,
+    resume_optimizer,
     resumed_config,
 )
 from .adapter import (
@@ -175,13 +176,7 @@ def _train_transplant(config: TransplantConfig, run_dir: Path, runtime, *, resum
     trained = distributed.wrap_model(model, runtime, config.distributed,
                                      find_unused_parameters=branches_may_idle(config))
     optimizer = make_optimizer(model, train_config)
-    start = 0
-    if checkpoint is not None:
-        start = load_training_state(checkpoint, optimizer,
-                                    lambda state: distributed.load_optimizer_state(model, optimizer, state))["step"]
-        log(f"resuming {run_dir} from step {start}")
-    if runtime.rank > 0:  # random draws (the stochastic density) differ between ranks, as rows do
-        torch.manual_seed(derive_seed(config.seed, "rank", runtime.rank, start))
+    start = resume_optimizer(checkpoint, model, optimizer, runtime, config.seed, log)
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
