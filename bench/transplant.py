@@ -29,6 +29,7 @@ from wavedensity.train.trainer import lr_at, make_optimizer, prepare_data
 from wavedensity.transplant.config import TransplantConfig
 from wavedensity.transplant.evaluation import load_student, set_mode, swap_check
 from wavedensity.transplant.trainer import train_transplant
+from wavedensity.transplant.wrapper import trainable_parameters
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -73,6 +74,8 @@ def transplant_config(args, data: Path, teacher: Path) -> TransplantConfig:
         "handoff_start_step": args.distil_steps // 3, "handoff_steps": args.distil_steps - args.distil_steps // 3,
         "distill": {"enabled": True, "targets": ["resid_energy"], "mse_weight": 1.0, "layer_weights": "depth_decay"},
         "wda_num_masks": 16, "wda_num_waves_per_mask": 8, "wda_topk_masks": 8, "wda_content_mix": 0.15,
+        "gamma_floor_start": args.gamma_floor[0] if args.gamma_floor else None,
+        "gamma_floor_end": args.gamma_floor[1] if args.gamma_floor else None,
         "seed": args.seed, "device": "cpu", "log_every": max(1, total // 20), "eval_every": max(1, total // 8),
         "eval_batches": max(1, args.eval_windows // args.batch), "save_every": total})
 
@@ -101,6 +104,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--eval-windows", type=int, default=128, help="validation windows of the curves")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="validation tail of the text (0.1: nanoGPT's)")
+    parser.add_argument("--gamma-floor", type=lambda text: [float(x) for x in text.split(",")], metavar="START,END",
+                        help="a floor on gamma moving from START to END across the hand-off window (default: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench-transplant")
     args = parser.parse_args(argv)
@@ -132,7 +137,7 @@ def main(argv=None) -> int:
     set_mode(model, "wda")
     student = evaluate(model, windows)
     agreement = swap_check(model, windows)
-    trainable = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in trainable_parameters(model).values())  # what the transplant trained
 
     start = time.perf_counter()
     scratch = train(scratch_config(args, data), out / "scratch", resume=(out / "scratch" / "run.json").exists(),
