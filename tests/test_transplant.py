@@ -20,7 +20,7 @@ from wavedensity.transplant import (
 )
 from wavedensity.transplant.adapter import load_adapter, save_adapter
 from wavedensity.transplant.config import TransplantConfig
-from wavedensity.transplant.losses import kl_to_teacher
+from wavedensity.transplant.losses import kl_to_teacher, residual_energy
 from wavedensity.transplant.schedule import mixing_at
 from wavedensity.transplant.wrapper import trainable_parameters
 
@@ -235,6 +235,7 @@ def test_ddp_looks_for_idle_parameters_only_when_a_step_idles_the_branches():
 
     assert not branches_may_idle(TransplantConfig.from_dict(minimal_config(steps=50)))
     assert branches_may_idle(TransplantConfig.from_dict(minimal_config(wda_gate="release")))
+    assert branches_may_idle(TransplantConfig.from_dict(minimal_config(steps=50, wda_content_mix=0.0)))
     idle_stage = {"stages": [{"start_step": 10, "steps": 5, "alpha": 0.0}]}
     assert branches_may_idle(TransplantConfig.from_dict(minimal_config(steps=50, schedule=idle_stage)))
     assert branches_may_idle(TransplantConfig.from_dict(minimal_config(steps=50, wda_scale_end=0.0, handoff_start_step=40)))
@@ -341,3 +342,23 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
+
+
+def test_padding_is_refused_while_the_wda_branch_runs():
+    model = tiny_transplant("llama")
+    ids = torch.randint(0, TEACHER_VOCAB, (2, 6))
+    padded = torch.ones(2, 6, dtype=torch.long)
+    padded[0, :2] = 0
+    set_mixing(model, alpha=1.0, teacher_scale=1.0, wda_scale=1.0)
+    with pytest.raises(TransplantError, match="attention_mask with padding"):
+        model(ids, attention_mask=padded)
+    model(ids, attention_mask=torch.ones_like(padded))  # a full mask is fine
+    set_mixing(model, alpha=0.0, teacher_scale=1.0, wda_scale=1.0)  # teacher only: padding is the teacher's business
+    model(ids, attention_mask=padded)
+
+
+def test_residual_energy_has_a_finite_gradient_where_a_layer_adds_nothing():
+    before = torch.randn(1, 3, 8, requires_grad=True)
+    after = before.detach().clone().requires_grad_(True)
+    residual_energy(before, after).sum().backward()
+    assert torch.isfinite(before.grad).all() and torch.isfinite(after.grad).all()

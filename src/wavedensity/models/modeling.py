@@ -58,9 +58,11 @@ class WDAModel(WDAPreTrainedModel):
         config = self.config
         # Checks that read token values make an accelerator wait for the host. Training batches come
         # from the trainer, which checks the tokenizer against the vocabulary once, so on accelerators
-        # (and inside torch.compile, where they would break the graph) they run outside training only.
+        # (and inside torch.compile, where they would break the graph) the id range is checked outside
+        # training only; a padding mask, which a collator may pass, is refused everywhere but in compiled graphs.
         inputs = input_ids if input_ids is not None else inputs_embeds
-        read_values = not torch.compiler.is_compiling() and (inputs.device.type == "cpu" or not self.training)
+        compiling = torch.compiler.is_compiling()
+        read_values = not compiling and (inputs.device.type == "cpu" or not self.training)
         if input_ids is not None:
             if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
                 raise ValueError(f"input_ids must be an integer tensor [batch, seq], got {input_ids.dtype} "
@@ -89,7 +91,7 @@ class WDAModel(WDAPreTrainedModel):
                     length, offset + length):
                 raise ValueError(f"attention_mask must be [batch, seq] = [{batch}, {offset + length}], "
                                  f"got {list(attention_mask.shape)}")
-            if read_values and not bool(attention_mask.all()):
+            if not compiling and not bool(attention_mask.all()):
                 raise ValueError(
                     "attention_mask with padding is not supported: WDA uses absolute positions and routes on the "
                     "mean of the prefix, so pad tokens would change the output; batch prompts of equal length"

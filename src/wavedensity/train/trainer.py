@@ -318,7 +318,10 @@ def _train(config: TrainConfig, run_dir: Path, runtime, *, resume: bool, progres
         for block in model.model.layers:  # the hot path; the model's input checks stay eager
             block.compile()
     # the released gate passes no gradient to its MLPs, which DDP must be told
-    no_gradient = model.config.mixer == "wda" and model.config.gate == "release"
+    # the released gate passes no gradient to its MLPs, and learned content projections idle at content_mix 0
+    wda = model.config.mixer == "wda"
+    no_gradient = wda and (model.config.gate == "release" or (
+        model.config.content_mix == 0 and model.config.learned_content and model.config.content_rank > 0))
     trained = distributed.wrap_model(model, runtime, config.distributed, blocks=model.model.layers,
                                      find_unused_parameters=no_gradient)
     optimizer = make_optimizer(model, config)

@@ -35,7 +35,8 @@ def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ma
 
 def residual_energy(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """``e(t)``: RMS over the hidden dimension of what a layer added to the residual stream, ``[B, S]``."""
-    return (after.float() - before.float()).pow(2).mean(-1).sqrt()
+    # the floor keeps the gradient finite where a layer adds exactly nothing (d sqrt(x)/dx at 0 is inf)
+    return (after.float() - before.float()).pow(2).mean(-1).clamp_min(1e-12).sqrt()
 
 
 def layer_weights(num_layers: int, kind: str) -> list[float]:

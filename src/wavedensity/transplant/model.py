@@ -117,6 +117,13 @@ class WDATransplantForCausalLM(PreTrainedModel, GenerationMixin):
             cache = TransplantCache(self.config.text_config)
         if cache is not None and not isinstance(cache, TransplantCache):
             raise TransplantError(f"cache must be a TransplantCache, got {type(cache).__name__}")
+        wda_runs = any(w.alpha * w.wda_scale != 0 for w in self.modules() if isinstance(w, ParallelAttention))
+        if attention_mask is not None and wda_runs and not bool(attention_mask.all()):
+            raise TransplantError(
+                "attention_mask with padding is not supported while the WDA branch runs: it routes on the mean of "
+                "the prefix and sums over every earlier position, so pad tokens would change its output; batch "
+                "prompts of equal length (or use teacher mode)"
+            )
         return self.base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                          inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
                          logits_to_keep=logits_to_keep, **kwargs)

@@ -94,8 +94,9 @@ def batch_layout(config: TransplantConfig, world_size: int) -> distributed.Batch
 
 def branches_may_idle(config: TransplantConfig) -> bool:
     """Whether some step leaves trainable parameters without a gradient (DDP must then look for them):
-    a branch with alpha or WDA scale 0 does not run, and the released gate passes no gradient to its MLPs."""
-    if config.wda_gate == "release":
+    a branch with alpha or WDA scale 0 does not run, the released gate passes no gradient to its MLPs, and
+    learned content projections idle at content mix 0."""
+    if config.wda_gate == "release" or (config.wda_content_mix == 0 and config.wda_learned_content):
         return True
     return any(m.alpha * m.wda_scale == 0 for m in (mixing_at(step, config) for step in range(config.steps)))
 
