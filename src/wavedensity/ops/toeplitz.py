@@ -59,7 +59,8 @@ def rows_from_distances(by_distance: torch.Tensor, offset: int = 0) -> torch.Ten
     ``s <= t`` and 0 above. Reversing the distances and padding each row with ``C`` zeros makes
     ``W[r, s]`` sit at flat index ``(C - 1 - offset) + r (2C - 1) + s``: a row stride one shorter than
     the padded rows, which a reshape of the flat buffer expresses (the relative-shift trick). Forward
-    and backward are then a flip, a pad and views, about 2x faster than an index gather.
+    and backward are then a flip, a pad and views: no index tensor and no scatter-add in backward, as a
+    gather would need.
     """
     rows, cols = by_distance.shape[-2:]
     if cols != offset + rows:

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import BlockSampler, Mixture, check_tokenizer_fits, eval_blocks
 from ..data.sampling import IGNORE
 from ..eval import evaluate
+from ..ops.loss import logits_cross_entropy
 from ..train import ConfigError, distributed
 from ..train.checkpoint import save_checkpoint
 from ..train.trainer import (
@@ -116,7 +116,7 @@ def step_losses(model, input_ids, labels, config: TransplantConfig, student=None
             teacher_logits = model(input_ids, use_cache=False).logits
     with layer_taps(layers) as student_taps:
         logits = (student or model)(input_ids, use_cache=False).logits
-    ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    ce = logits_cross_entropy(logits.flatten(0, 1), labels.flatten(), IGNORE, num_items=1)  # summed nats
     losses = {"ce": ce}
     objective = config.ce_weight * ce
     if config.kl_weight > 0:
