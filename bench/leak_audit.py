@@ -1,4 +1,4 @@
-"""Leak audit (DESIGN §3): how much does the release's pooled routing flatter its own validation loss?
+"""Leak audit (docs/architecture.md §3.1): how much does the release's pooled routing flatter its own validation loss?
 
 Trains the same small model with `pooled` and with `prefix` routing (same data, tokens, steps, seed),
 then reports on the same validation windows: the pooled model's teacher-forced loss (what the

@@ -1,11 +1,11 @@
 """Plain float64 re-statement of the released WaveCharLM forward pass (a test oracle).
 
-Works directly on a release-format state dict (DESIGN.md §2) and follows DESIGN.md §1 step by
-step, with explicit loops over heads, masks, waves, positions and distances.  Written to be
-obviously correct, not fast.  Only torch is used.
+Works directly on a release-format state dict (docs/architecture.md §2.3) and follows
+docs/architecture.md §1 step by step, with explicit loops over heads, masks, waves, positions and
+distances.  Written to be obviously correct, not fast.  Only torch is used.
 
-Conventions not fixed by the spec, settled against /work/shared/testvectors (both cases agree to
-~2e-15 with everything below; the alternatives are listed with the error they give):
+Conventions not fixed by the spec, settled against the optional ../shared/testvectors (both cases
+agree to ~2e-15 with everything below; the alternatives are listed with the error they give):
 
 * Distance d reads row ``L - 1 + d`` of the stored ``pos_kern`` buffer, i.e. offset r = +d
   (rows are r = -(L-1) .. (L-1) ascending, row L-1 is r = 0 with encoding (0, 0)).

@@ -1,4 +1,4 @@
-"""DESIGN §3: causal modes never read the future, in every compute path; pooled does, and we show it."""
+"""docs/architecture.md §3.3: causal modes never read the future, in every compute path; pooled does, and we show it."""
 
 import pytest
 import torch

@@ -39,7 +39,7 @@ def test_shared_vectors_all_semantics(shared_dir, case):
 
 
 def random_release_dir(path, seed=0, **config_overrides):
-    """A release-format directory written from the key list in DESIGN §2, not from our converter."""
+    """A release-format directory written from the key list in docs/architecture.md §2.3, not from our converter."""
     config = dict(vocab_size=41, seq_len=20, embed_dim=24, num_layers=2, num_heads=3, num_masks=5,
                   num_waves_per_mask=3, topk_masks=2, attn_alpha=2.5, content_rank=3, content_mix=0.25,
                   learned_content=True, use_sin_waves=False, ffn_mult=2, tie_embeddings=False)

@@ -255,7 +255,7 @@ def test_config_refuses_unknown_keys_by_name():
 
 
 def test_release_style_config_is_accepted():
-    """Every key DESIGN §4 lists for the release's configs."""
+    """Every key of the release's transplant configs."""
     raw = minimal_config(
         seq_len=64, micro_batch_size=2, grad_accum=2, steps=30, lr=3e-4, weight_decay=0.0, warmup_steps=3,
         max_grad_norm=1.0, temperature=2.0, kl_weight=1.0, ce_weight=0.1, alpha_max=1.0, alpha_warmup_steps=10,

@@ -1,4 +1,4 @@
-"""Pictures of what one WDA head does: its wave masks, routing, mixed kernel and density (DESIGN §1 steps 2-5).
+"""Pictures of what one WDA head does: its wave masks, routing, mixed kernel and density (docs/architecture.md §1.2-1.5).
 
 ``kernel_data`` computes the tensors, ``plot_kernels`` draws them. Drawing uses matplotlib's
 object API with the Agg canvas (no ``pyplot``), so it never opens a window and never changes the

@@ -22,7 +22,7 @@ def per_prefix_nats(model, input_ids: torch.Tensor, labels: torch.Tensor) -> tor
     """Per-token NLL when token t+1 is predicted from a pass over tokens 0..t alone.
 
     This is what generation sees. For causal routing it equals the teacher-forced number; for the
-    release's pooled routing it is the honest one (DESIGN §3). Runs through the decoding cache,
+    release's pooled routing it is the honest one (docs/architecture.md §3). Runs through the decoding cache,
     which for pooled routing re-runs the window at every step.
     """
     out, rows = None, []

@@ -1,4 +1,4 @@
-"""The post-norm residual block shared by WDA and the softmax baseline (DESIGN §2)."""
+"""The post-norm residual block shared by WDA and the softmax baseline (docs/architecture.md §2.1)."""
 
 import torch
 from torch import nn

@@ -1,4 +1,4 @@
-"""``WaveDensityAttention``: the WDA token mixer of DESIGN §1, with every knob of the release.
+"""``WaveDensityAttention``: the WDA token mixer of docs/architecture.md §1, with every knob of the release.
 
 All heads are computed together: per-head MLPs and wave parameters are stored stacked over heads
 (``[H, ...]``) and applied with batched einsums; masks are rendered once per forward.
@@ -120,7 +120,7 @@ class WaveDensityAttention(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The release's wave initialisation (DESIGN §1); routing output layers small.
+        """The release's wave initialisation (docs/architecture.md §2.2); routing output layers small.
 
         Uses ``transformers.initialization``, which skips tensors already loaded from a checkpoint.
         """

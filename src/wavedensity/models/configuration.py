@@ -14,7 +14,7 @@ TOEPLITZ_PATHS = ("auto", "fft", "dense", "tiled")
 class WDAConfig(PreTrainedConfig):
     r"""Configuration of a Wave-Density Attention language model.
 
-    The field names are the keyword arguments of the released ``WaveCharLM`` (DESIGN §2), so a
+    The field names are the keyword arguments of the released ``WaveCharLM`` (docs/architecture.md §2.3), so a
     release ``config.json`` is a valid config. The usual Hugging Face names are aliases:
     ``hidden_size`` (``embed_dim``), ``num_hidden_layers`` (``num_layers``), ``num_attention_heads``
     (``num_heads``), ``max_position_embeddings`` (``seq_len``), ``tie_embeddings``

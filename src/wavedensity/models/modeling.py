@@ -1,4 +1,4 @@
-"""``WDAForCausalLM``: the WaveCharLM skeleton (DESIGN §2) as a Hugging Face causal LM."""
+"""``WDAForCausalLM``: the WaveCharLM skeleton (docs/architecture.md §2.1) as a Hugging Face causal LM."""
 
 import json
 from pathlib import Path

@@ -2,7 +2,7 @@
 
 from .configuration import WDAConfig
 
-# The exact released 130M configuration (DESIGN §2): 131,508,032 parameters. New models use the
+# The exact released 130M configuration (docs/architecture.md §2.1): 131,508,032 parameters. New models use the
 # project's causal defaults (routing="prefix", gate="topk"); from_release() uses the release's.
 WDA_130M = dict(
     vocab_size=50257, seq_len=256, embed_dim=768, num_layers=8, num_heads=4, num_masks=16,

@@ -1,4 +1,4 @@
-"""The released checkpoint format (DESIGN §2): strict key conversion, ``WaveCharLM``, ``load_release``.
+"""The released checkpoint format (docs/architecture.md §2.3): strict key conversion, ``WaveCharLM``, ``load_release``.
 
 The release stores per-head modules (``gatings.{h}``, ``mod_mlp.{h}``, ``freqs.{h}`` ...); this
 package stores them stacked over heads so no forward loops over heads. Conversion is a table of

@@ -1,4 +1,4 @@
-"""The optional content path: causal linear attention with ``phi(z) = elu(z) + 1`` (DESIGN §1 step 7)."""
+"""The optional content path: causal linear attention with ``phi(z) = elu(z) + 1`` (docs/architecture.md §1.7)."""
 
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""Mixture-of-Masks routing: gate values over masks and the low-rank mask scaling (DESIGN §1 steps 2-3)."""
+"""Mixture-of-Masks routing: gate values over masks and the low-rank mask scaling (docs/architecture.md §1.2-1.3)."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Causal Toeplitz application ``o_t = sum_{d=0..t} Dn(d) u_{t-d}`` (DESIGN §1 step 6).
+"""Causal Toeplitz application ``o_t = sum_{d=0..t} Dn(d) u_{t-d}`` (docs/architecture.md §1.6).
 
 Two families, each with a plain float64 loop reference used by the tests:
 

@@ -1,4 +1,4 @@
-"""Attention transplant (DESIGN §4): WDA grown beside the attention of a pretrained HF decoder,
+"""Attention transplant (docs/architecture.md §4): WDA grown beside the attention of a pretrained HF decoder,
 distilled from it, handed off, and run without the teacher's attention."""
 
 from .find import (

@@ -133,7 +133,7 @@ def cmd_export(args) -> int:
 
 def add_transplant_commands(commands) -> None:
     """The ``transplant`` command group, added to the ``wda`` parser's subcommands."""
-    transplant = commands.add_parser("transplant", help="grow WDA inside a pretrained HF model (DESIGN §4)")
+    transplant = commands.add_parser("transplant", help="grow WDA inside a pretrained HF model (docs/transplant.md)")
     sub = transplant.add_subparsers(dest="transplant_command", required=True, metavar="ACTION")
 
     inspect = sub.add_parser("inspect", help="list a model's self-attention modules and whether they can be wrapped")

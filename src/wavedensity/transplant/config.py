@@ -1,4 +1,4 @@
-"""``TransplantConfig``: the release's flat JSON transplant config (DESIGN §4), every key typed and
+"""``TransplantConfig``: the release's flat JSON transplant config, every key typed and
 checked; unknown keys (top level, in ``datasets`` entries, ``schedule`` stages, ``distill``) are
 refused by name. docs/transplant.md documents each key."""
 

@@ -1,4 +1,4 @@
-"""Distillation losses (DESIGN §4): KL to the teacher's logits, residual-energy matching, hidden-state
+"""Distillation losses (docs/architecture.md §4.4): KL to the teacher's logits, residual-energy matching, hidden-state
 MSE and cosine. Each is a per-token value; the trainer sums it over the tokens that carry loss and
 divides by their count over the whole global batch (so any split over ranks gives the same loss),
 ``kl_to_teacher`` averages over one batch's tokens."""

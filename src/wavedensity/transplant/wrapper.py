@@ -1,4 +1,4 @@
-"""The parallel wrapper (DESIGN §4): a WDA branch beside each selected HF self-attention module.
+"""The parallel wrapper (docs/architecture.md §4.1-4.2): a WDA branch beside each selected HF self-attention module.
 
 Per wrapped layer, with the teacher attention's output ``t`` and the WDA branch's attention-shaped
 delta ``w = WDABlock(x) - x`` on the same normalised hidden states ``x``:
