@@ -2,7 +2,8 @@
 
 Each layer keeps what the next token needs and nothing it can recompute:
 
-- ``summary_sum [B, D]``: running sum of the layer input (``prefix`` routing reads its mean);
+- ``routing_sum [B, 2 H G]``: running sum of the routing MLPs' input projections (``prefix``
+  routing reads their mean, the projection of the mean of the layer input);
 - ``u [B, H, P, 1 + Dh]``: the modulated values ``[km, km * v]`` of every earlier position, which
   the next position's kernel is applied to (the context is at most ``seq_len`` tokens);
 - ``content_kv [B, H, R, Dh]``, ``content_k_sum [B, H, R]``: the content path's linear-attention state;
