@@ -221,13 +221,17 @@ class WaveDensityAttention(nn.Module):
         coeffs = torch.einsum("bthg,hrg->bthr", scale_hidden, self.scale_out_weight) + self.scale_out_bias
         return scale_weights(weights, coeffs, self.mod_basis).transpose(1, 2)
 
-    def routing_weights(self, projected: torch.Tensor | None, state: WDALayerState | None = None) -> torch.Tensor:
-        """Mask weights for the new positions: ``[B, H, S, M]`` (prefix), ``[B, H, 1, M]`` (pooled),
-        ``[1, H, 1, M]`` (static, the same for every context); ``projected``: the routing MLPs' share of
-        ``in_proj(x)`` (None under static routing)."""
+    def routing_weights(self, x: torch.Tensor, state: WDALayerState | None = None,
+                        projected: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask weights for the positions of ``x``: ``[B, H, S, M]`` (prefix), ``[B, H, 1, M]`` (pooled),
+        ``[1, H, 1, M]`` (static, the same for every context). ``projected``: the routing MLPs' share of
+        ``in_proj(x)`` when the caller has computed it (forward does), else projected here."""
         if self.routing == "static":
             weights = gate_weights(self.static_logits, self.gate_temp, self.topk, self.gate)[None, None]
             return scale_weights(weights, self.static_scale[None, None], self.mod_basis).transpose(1, 2)
+        if projected is None:
+            start = self.embed_dim + 2 * self.num_heads
+            projected = F.linear(x, self.in_proj.weight[start:], self.in_proj.bias[start:])
         return self.mask_weights(self.routing_summary(projected, state))
 
     def density_fn(self, dtype: torch.dtype, device):
@@ -303,7 +307,7 @@ class WaveDensityAttention(nn.Module):
         if state is not None and state.get("u") is not None:
             u = torch.cat([state.get("u"), u], dim=-2)
 
-        weights = self.routing_weights(routing_in[0] if routing_in else None, state)
+        weights = self.routing_weights(x, state, *routing_in)
         # Kernels, Toeplitz products and the content path run in float32 even under bf16 autocast.
         with torch.autocast(x.device.type, enabled=False):
             o = self.apply_kernels(weights, u, offset, state)
