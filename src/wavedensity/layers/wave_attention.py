@@ -304,8 +304,8 @@ class WaveDensityAttention(nn.Module):
         q_gate = torch.sigmoid(q_mod).transpose(1, 2).unsqueeze(-1)  # [B, H, S, 1]
         k_gate = torch.sigmoid(k_mod).transpose(1, 2).unsqueeze(-1)
         u = torch.cat([k_gate, k_gate * v], dim=-1).to(dtype)  # [B, H, S, 1 + Dh]
-        if state is not None and state.get("u") is not None:
-            u = torch.cat([state.get("u"), u], dim=-2)
+        if state is not None:
+            u = state.append("u", u, self.seq_len)  # all offset + S positions
 
         weights = self.routing_weights(x, state, *routing_in)
         # Kernels, Toeplitz products and the content path run in float32 even under bf16 autocast.
@@ -322,7 +322,6 @@ class WaveDensityAttention(nn.Module):
                     state.set(content_kv=kv, content_k_sum=k_sum)
 
         if state is not None:
-            state.set(u=u)
             state.length += s
         out = q_gate * ctx.to(x.dtype) + (1 - q_gate) * v
         return self.out_proj(out.transpose(1, 2).reshape(b, s, self.embed_dim))
