@@ -2,7 +2,10 @@
 and the softmax baseline of identical dimensions.
 
 Run: python -m bench.throughput [--preset wda-130m] [--train-batch 4] [--seq 256] [--steps 3]
-                                [--decode-batches 1,8] [--new-tokens 64]
+                                [--decode-batches 1,8] [--new-tokens 64] [--layers N] [--vocab V]
+
+``--layers`` / ``--vocab`` override the preset's depth and vocabulary (e.g. width 768 with a small
+vocabulary, so the mixers rather than the output head dominate a training step).
 
 MFU counts 6 x (parameters outside the embedding tables) FLOPs per trained token (forward + backward
 of every matmul; the mixers' own kernel work is not counted, which flatters neither side) against the
@@ -87,8 +90,11 @@ def main(argv=None):
     parser.add_argument("--decode-batches", default="1,8")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--mixers", default="wda,softmax")
+    parser.add_argument("--layers", type=int, help="override the preset's num_layers")
+    parser.add_argument("--vocab", type=int, help="override the preset's vocab_size")
     parser.add_argument("--no-decode", action="store_true", help="measure training only")
     parser.add_argument("--no-train", action="store_true", help="measure decoding only")
+    parser.add_argument("--cached-only", action="store_true", help="skip decoding that recomputes the window")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
@@ -98,17 +104,19 @@ def main(argv=None):
           f"{peak:.0f} GFLOP/s, matrix-vector read {read:.1f} GB/s\n")
     rows = []
     for mixer in args.mixers.split(","):
-        config = preset_config(args.preset, mixer=mixer, seq_len=max(args.seq, 1))
+        overrides = {k: v for k, v in (("num_layers", args.layers), ("vocab_size", args.vocab)) if v is not None}
+        config = preset_config(args.preset, mixer=mixer, seq_len=max(args.seq, 1), **overrides)
         model = WDAForCausalLM(config)
         rate = None if args.no_train else train_rate(model, args.train_batch, args.seq, args.steps)
         mfu = None if args.no_train else 6 * matmul_params(model) * rate / (peak * 1e9)
         prompt = max(1, args.seq - args.new_tokens)
         decode = {b: (decode_rate(model, b, prompt, args.new_tokens, True),
-                      decode_rate(model, b, prompt, args.new_tokens, False)) for b in
+                      None if args.cached_only else decode_rate(model, b, prompt, args.new_tokens, False)) for b in
                   [int(x) for x in args.decode_batches.split(",")] if not args.no_decode}
         bound = read * 1e9 / (4 * matmul_params(model))  # float32 bytes of the weights each token reads
         rows.append((mixer, model.num_parameters(), rate, mfu, decode, bound))
-    print(f"Preset {args.preset}; training batch {args.train_batch} x {args.seq}; decoding {args.new_tokens} new "
+    shape = "".join(f", {k} {v}" for k, v in (("layers", args.layers), ("vocab", args.vocab)) if v is not None)
+    print(f"Preset {args.preset}{shape}; training batch {args.train_batch} x {args.seq}; decoding {args.new_tokens} new "
           f"tokens after a {max(1, args.seq - args.new_tokens)}-token prompt (greedy; the prompt's forward pass "
           "is not counted: generate(N) - generate(1)).\n")
     batches = [int(x) for x in args.decode_batches.split(",")]
@@ -116,7 +124,8 @@ def main(argv=None):
     print(f"| mixer | parameters | train tokens/s | MFU | {head} | batch-1 weight-read bound |")
     print("|---|---|---|---|" + "---|" * len(batches) + "---|")
     for mixer, params, rate, mfu, decode, bound in rows:
-        cells = " | ".join(f"{decode[b][0]:.1f} / {decode[b][1]:.1f} tok/s" if b in decode else "-" for b in batches)
+        cells = " | ".join(f"{decode[b][0]:.1f} / {'-' if decode[b][1] is None else f'{decode[b][1]:.1f}'} tok/s"
+                           if b in decode else "-" for b in batches)
         trained = "- | -" if rate is None else f"{rate:.0f} | {mfu:.0%}"
         print(f"| {mixer} | {params:,} | {trained} | {cells} | {bound:.1f} tok/s |")
 

@@ -60,8 +60,10 @@ def tiny_model(seed: int = 0, dtype=torch.float32, **overrides) -> "wavedensity.
     model = wavedensity.WDAForCausalLM(tiny_config(**overrides))
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if any(part in name for part in ("gate_", "scale_", "static_summary", "q_mod", "k_mod")):
+            if any(part in name for part in ("gate_", "scale_", "static_summary")):
                 param.normal_(0.0, 0.3)
+            elif name.endswith("mixer.in_proj.weight") or name.endswith("mixer.in_proj.bias"):
+                param[model.config.embed_dim :].normal_(0.0, 0.3)  # the modulators' and routing MLPs' rows
     return model.to(dtype).eval()
 
 

@@ -316,3 +316,63 @@ def test_wavecharlm_nested_state_dict_keeps_the_prefix():
     outer = torch.nn.Module()
     outer.inner = inner
     assert "inner.tok_emb.weight" in outer.state_dict()
+
+
+def per_projection_state_dict(model):
+    """``model``'s state dict in the layout saved before the input projections were fused."""
+    from wavedensity.layers import input_projection_sizes, split_input_projection
+
+    state = dict(model.state_dict())
+    for index in range(model.config.num_layers):
+        split_input_projection(state, f"model.layers.{index}.mixer.", input_projection_sizes(model.config))
+    return state
+
+
+@pytest.mark.parametrize("routing", ["prefix", "static"])
+def test_checkpoints_saved_before_the_input_projections_were_fused_still_load(tmp_path, routing):
+    from safetensors.torch import save_file
+
+    model = tiny_model(routing=routing)
+    old = per_projection_state_dict(model)
+    names = {key.split("mixer.")[-1].split(".")[0] for key in old if ".mixer." in key}
+    assert {"v_proj", "q_mod", "k_mod"} <= names and "in_proj" not in names
+    assert ({"gate_in", "scale_in"} <= names) == (routing != "static")
+    ids = torch.randint(0, 37, (2, 19))
+    with torch.no_grad():
+        expected = model(ids).logits
+        plain = WDAForCausalLM(model.config).eval()
+        plain.load_state_dict(old)  # nn.Module loading: the layer's pre-hook fuses them
+        torch.testing.assert_close(plain(ids).logits, expected, atol=0, rtol=0)
+        model.config.save_pretrained(tmp_path)
+        save_file({k: v.contiguous() for k, v in old.items() if k != "lm_head.weight" or not model.config.tie_word_embeddings},
+                  tmp_path / "model.safetensors", metadata={"format": "pt"})
+        for loader in (WDAForCausalLM, AutoModelForCausalLM):
+            loaded = loader.from_pretrained(tmp_path).eval()
+            assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+            torch.testing.assert_close(loaded(ids).logits, expected, atol=1e-6, rtol=0)
+    partial = {k: v for k, v in old.items() if not k.endswith("layers.0.mixer.k_mod.weight")}
+    with pytest.raises(KeyError, match="load together or not at all"):
+        WDAForCausalLM(model.config).load_state_dict(partial)
+
+
+@pytest.mark.parametrize("routing", ["prefix", "static"])
+def test_decoding_writes_each_step_into_one_preallocated_buffer(routing):
+    model = tiny_model(routing=routing)
+    ids = torch.randint(0, 37, (2, 11))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        out = model(ids[:, :5], use_cache=True)
+        buffer = out.cache.layers[0].tensors["u"]
+        assert buffer.shape[-2] == model.config.seq_len  # room for the whole context, allocated once
+        rows = [out.logits]
+        for t in range(5, 11):
+            out = model(ids[:, t : t + 1], cache=out.cache, use_cache=True)
+            rows.append(out.logits)
+            assert out.cache.layers[0].tensors["u"].data_ptr() == buffer.data_ptr()
+    torch.testing.assert_close(torch.cat(rows, 1), full, atol=1e-5, rtol=0)
+    # Under autograd a cached continuation concatenates instead, so gradients reach earlier steps.
+    out = model(ids[:, :5], use_cache=True)
+    step = model(ids[:, 5:7], cache=out.cache, use_cache=True).logits
+    torch.testing.assert_close(step.detach(), full[:, 5:7], atol=1e-5, rtol=0)
+    (step.sum() + out.logits.sum()).backward()
+    assert model.model.embed_tokens.weight.grad[ids[:, :5].flatten()].abs().sum() > 0

@@ -242,7 +242,7 @@ def test_learning_rate_schedule_and_decay_groups():
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     assert "model.layers.0.mixer.gate_out_bias" not in decayed and "model.layers.0.mixer.freqs" not in decayed
-    assert "model.layers.0.mixer.v_proj.weight" in decayed and decay["weight_decay"] > no_decay["weight_decay"] == 0
+    assert "model.layers.0.mixer.in_proj.weight" in decayed and decay["weight_decay"] > no_decay["weight_decay"] == 0
 
 
 def test_trained_model_stops_at_end_of_text(tmp_path, corpus):

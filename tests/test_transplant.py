@@ -192,6 +192,26 @@ def test_adapter_round_trip_and_export(tmp_path):
         assert torch.equal(merged(ids()).logits, model(ids()).logits)
 
 
+def test_adapter_saved_before_the_input_projections_were_fused_loads(tmp_path):
+    from wavedensity.layers import WaveDensityAttention, split_input_projection
+
+    model = tiny_transplant("gpt2")
+    set_mixing(model, alpha=0.8, teacher_scale=0.0)
+    save_adapter(model, tmp_path / "adapter", step=3)
+    weights = tmp_path / "adapter" / "adapter.safetensors"
+    tensors = load_file(weights)
+    for name, module in model.named_modules():
+        if isinstance(module, WaveDensityAttention):
+            split_input_projection(tensors, f"{name}.", module.input_sizes)
+    assert any(key.endswith(".v_proj.weight") for key in tensors) and not any(".in_proj." in key for key in tensors)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, weights)
+    fresh = WDATransplantForCausalLM.from_teacher(tiny_teacher("gpt2"), "tiny-gpt2", [0, 1], TINY_BRANCH).eval()
+    set_mixing(fresh, alpha=0.8, teacher_scale=0.0)
+    with torch.no_grad():
+        load_adapter(fresh, tmp_path / "adapter")
+        torch.testing.assert_close(fresh(ids()).logits, model(ids()).logits, atol=0, rtol=0)
+
+
 def test_mismatched_adapter_is_refused_by_name(tmp_path):
     model = tiny_transplant("llama")
     save_adapter(model, tmp_path / "a")

@@ -7,6 +7,9 @@ from .wave_attention import (
     NonCausalRoutingWarning,
     WaveDensityAttention,
     fixed_content_matrices,
+    fuse_input_projections,
+    input_projection_sizes,
+    split_input_projection,
 )
 
 __all__ = [
@@ -17,4 +20,7 @@ __all__ = [
     "WDALayerState",
     "WaveDensityAttention",
     "fixed_content_matrices",
+    "fuse_input_projections",
+    "input_projection_sizes",
+    "split_input_projection",
 ]

@@ -2,9 +2,11 @@
 
 Each layer keeps what the next token needs and nothing it can recompute:
 
-- ``summary_sum [B, D]``: running sum of the layer input (``prefix`` routing reads its mean);
-- ``u [B, H, P, 1 + Dh]``: the modulated values ``[km, km * v]`` of every earlier position, which
-  the next position's kernel is applied to (the context is at most ``seq_len`` tokens);
+- ``routing_sum [B, 2 H G]``: running sum of the routing MLPs' input projections (``prefix``
+  routing reads their mean, the projection of the mean of the layer input);
+- ``u [B, H, seq_len, 1 + Dh]``: the modulated values ``[km, km * v]`` of every earlier position, which
+  the next position's kernel is applied to, in a buffer allocated once for the whole context
+  (``append``: a decoding step writes one row instead of copying all earlier ones);
 - ``content_kv [B, H, R, Dh]``, ``content_k_sum [B, H, R]``: the content path's linear-attention state;
 - ``keys``, ``values`` (softmax baseline only);
 - ``pooled_inputs [B, P, D]`` (layer 0 of a ``pooled`` model only): ``pooled`` routing is not
@@ -39,6 +41,24 @@ class WDALayerState:
 
     def set(self, **tensors: torch.Tensor) -> None:
         self.tensors.update(tensors)
+
+    def append(self, name: str, new: torch.Tensor, capacity: int) -> torch.Tensor:
+        """Write ``new [B, ..., T, C]`` at positions ``length .. length+T-1`` of the buffer ``name`` (room for
+        ``capacity`` positions, allocated on first use) and return the view of positions ``0 .. length+T-1``."""
+        start, stop = self.length, self.length + new.shape[-2]
+        buffer = self.tensors.get(name)
+        if torch.is_grad_enabled() and new.requires_grad:
+            # Writing in place would invalidate the graphs of earlier steps: concatenate as autograd sees it.
+            joined = new if buffer is None else torch.cat([buffer[..., :start, :], new], dim=-2)
+            self.tensors[name] = joined
+            return joined
+        if buffer is None or buffer.shape[-2] < stop or buffer.requires_grad:
+            grown = new.new_empty(*new.shape[:-2], max(capacity, stop), new.shape[-1])
+            if buffer is not None:
+                grown[..., :start, :] = buffer[..., :start, :]
+            buffer = self.tensors[name] = grown
+        buffer[..., start:stop, :] = new
+        return buffer[..., :stop, :]
 
     def get_seq_length(self) -> int:
         return self.length

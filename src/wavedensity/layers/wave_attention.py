@@ -42,6 +42,40 @@ def dense_conv_max_len(device_type: str) -> int:
     return DENSE_CONV_MAX_LEN.get(device_type, DENSE_CONV_MAX_LEN["cpu"])
 
 
+def input_projection_sizes(config) -> dict[str, int]:
+    """Output widths of the projections of ``x`` that ``WaveDensityAttention.in_proj`` fuses, in the
+    order of its rows. These names are the per-projection ``nn.Linear`` layers of checkpoints saved
+    before the fusion (and of the release), which ``split_input_projection`` / ``fuse_input_projections``
+    translate to and from."""
+    d, h = config.embed_dim, config.num_heads
+    sizes = {"v_proj": d, "q_mod": h, "k_mod": h}
+    if config.routing != "static":
+        sizes |= {"gate_in": h * config.gate_hidden, "scale_in": h * config.gate_hidden}
+    return sizes
+
+
+def fuse_input_projections(state_dict: dict, prefix: str, names) -> None:
+    """Replace ``{prefix}{name}.weight`` / ``.bias`` of the per-projection layers by ``{prefix}in_proj.*``
+    (in place). Does nothing when the state dict holds none of them; a partial set is an error."""
+    for kind in ("weight", "bias"):
+        keys = [f"{prefix}{name}.{kind}" for name in names]
+        present = [key for key in keys if key in state_dict]
+        if not present:
+            continue
+        if len(present) != len(keys):
+            raise KeyError(f"state dict holds {present} but not {sorted(set(keys) - set(present))}: "
+                           "the per-projection layers fused into in_proj load together or not at all")
+        state_dict[f"{prefix}in_proj.{kind}"] = torch.cat([state_dict.pop(key) for key in keys])
+
+
+def split_input_projection(state_dict: dict, prefix: str, sizes: dict[str, int]) -> None:
+    """Inverse of ``fuse_input_projections``: ``{prefix}in_proj.*`` split into the per-projection keys."""
+    for kind in ("weight", "bias"):
+        fused = state_dict.pop(f"{prefix}in_proj.{kind}")
+        for name, part in zip(sizes, fused.split(list(sizes.values()))):
+            state_dict[f"{prefix}{name}.{kind}"] = part
+
+
 class NonCausalRoutingWarning(UserWarning):
     """Issued when a layer is built with pooled (whole-sequence) routing, which reads the future."""
 
@@ -85,20 +119,22 @@ class WaveDensityAttention(nn.Module):
         self.learned_content = config.learned_content
         self.init_std = config.initializer_range
 
-        self.v_proj = nn.Linear(d, d)
+        # One matmul reads x for the values, the two modulators and (unless static) the first layers of
+        # the per-head gate MLP D -> G -> M and mask-scaling MLP D -> G -> R, fused over heads; the
+        # routing MLPs read the running mean of x, which (being linear) is the running mean of their
+        # share of this projection. Rows in the order of ``input_projection_sizes``.
+        self.input_sizes = input_projection_sizes(config)
+        self.in_proj = nn.Linear(d, sum(self.input_sizes.values()))
+        self.split_sizes = [d, h, h] + ([2 * h * g] if self.routing != "static" else [])
+        self._register_load_state_dict_pre_hook(self._fuse_old_projections)
         self.out_proj = nn.Linear(d, d)
-        self.q_mod = nn.Linear(d, h)
-        self.k_mod = nn.Linear(d, h)
         if self.routing == "static":
             # Content-free routing: the gate logits and mask-scaling coefficients are learned directly.
             self.static_logits = nn.Parameter(torch.empty(h, m))
             self.static_scale = nn.Parameter(torch.empty(h, r))
         else:
-            # Per-head gate MLP D -> G -> M and mask-scaling MLP D -> G -> R, first layers fused over heads.
-            self.gate_in = nn.Linear(d, h * g)
             self.gate_out_weight = nn.Parameter(torch.empty(h, m, g))
             self.gate_out_bias = nn.Parameter(torch.empty(h, m))
-            self.scale_in = nn.Linear(d, h * g)
             self.scale_out_weight = nn.Parameter(torch.empty(h, r, g))
             self.scale_out_bias = nn.Parameter(torch.empty(h, r))
         self.mod_basis = nn.Parameter(torch.empty(h, r, m))
@@ -118,6 +154,10 @@ class WaveDensityAttention(nn.Module):
                 stacklevel=2,
             )
         self.reset_parameters()
+
+    def _fuse_old_projections(self, state_dict, prefix, *args) -> None:
+        """``load_state_dict`` of a state dict saved before the input projections were fused."""
+        fuse_input_projections(state_dict, prefix, self.input_sizes)
 
     def reset_parameters(self) -> None:
         """The release's wave initialisation (docs/architecture.md §2.2); routing output layers small.
@@ -156,36 +196,43 @@ class WaveDensityAttention(nn.Module):
             rendered = state.constants["masks"] = self.masks(self.seq_len, dtype, device)
         return rendered[..., :num_distances]
 
-    def routing_summary(self, x: torch.Tensor, state: WDALayerState | None = None) -> torch.Tensor:
-        """The context summary each position routes on: ``[B, S, D]`` (prefix) or ``[B, 1, D]`` (pooled)."""
+    def routing_summary(self, projected: torch.Tensor, state: WDALayerState | None = None) -> torch.Tensor:
+        """The routing MLPs' first layers applied to the context summary each position routes on,
+        before their ReLU: ``[B, S, 2 H G]`` (prefix: the mean of ``x[0..t]``) or ``[B, 1, 2 H G]``
+        (pooled: the whole sequence). ``projected`` is their share of ``in_proj(x)``: the projection
+        of a mean is the mean of the projections."""
         if self.routing == "pooled":
-            return x.mean(dim=1, keepdim=True)
+            return projected.mean(dim=1, keepdim=True)
         offset = state.length if state is not None else 0
-        running = torch.cumsum(x.to(compute_dtype(x.dtype)), dim=1)
-        if state is not None and state.get("summary_sum") is not None:
-            running = running + state.get("summary_sum").unsqueeze(1)
-        counts = torch.arange(offset + 1, offset + x.shape[1] + 1, device=x.device, dtype=running.dtype)
+        running = torch.cumsum(projected.to(compute_dtype(projected.dtype)), dim=1)
+        if state is not None and state.get("routing_sum") is not None:
+            running = running + state.get("routing_sum").unsqueeze(1)
+        counts = torch.arange(offset + 1, offset + projected.shape[1] + 1, device=projected.device, dtype=running.dtype)
         if state is not None:
-            state.set(summary_sum=running[:, -1])
-        return (running / counts[:, None]).to(x.dtype)
+            state.set(routing_sum=running[:, -1])
+        return (running / counts[:, None]).to(projected.dtype)
 
     def mask_weights(self, summary: torch.Tensor) -> torch.Tensor:
-        """Mixture-of-Masks weights ``[B, H, T, M]`` from summaries ``[B, T, D]`` (gate, top-k, scaling)."""
+        """Mixture-of-Masks weights ``[B, H, T, M]`` from ``routing_summary`` ``[B, T, 2 H G]`` (gate, top-k, scaling)."""
         b, t, _ = summary.shape
-        hidden = F.relu(self.gate_in(summary)).view(b, t, self.num_heads, -1)
-        logits = torch.einsum("bthg,hmg->bthm", hidden, self.gate_out_weight) + self.gate_out_bias
+        gate_hidden, scale_hidden = F.relu(summary).view(b, t, 2, self.num_heads, -1).unbind(2)
+        logits = torch.einsum("bthg,hmg->bthm", gate_hidden, self.gate_out_weight) + self.gate_out_bias
         weights = gate_weights(logits, self.gate_temp, self.topk, self.gate)
-        hidden = F.relu(self.scale_in(summary)).view(b, t, self.num_heads, -1)
-        coeffs = torch.einsum("bthg,hrg->bthr", hidden, self.scale_out_weight) + self.scale_out_bias
+        coeffs = torch.einsum("bthg,hrg->bthr", scale_hidden, self.scale_out_weight) + self.scale_out_bias
         return scale_weights(weights, coeffs, self.mod_basis).transpose(1, 2)
 
-    def routing_weights(self, x: torch.Tensor, state: WDALayerState | None = None) -> torch.Tensor:
+    def routing_weights(self, x: torch.Tensor, state: WDALayerState | None = None,
+                        projected: torch.Tensor | None = None) -> torch.Tensor:
         """Mask weights for the positions of ``x``: ``[B, H, S, M]`` (prefix), ``[B, H, 1, M]`` (pooled),
-        ``[1, H, 1, M]`` (static, the same for every context)."""
+        ``[1, H, 1, M]`` (static, the same for every context). ``projected``: the routing MLPs' share of
+        ``in_proj(x)`` when the caller has computed it (forward does), else projected here."""
         if self.routing == "static":
             weights = gate_weights(self.static_logits, self.gate_temp, self.topk, self.gate)[None, None]
             return scale_weights(weights, self.static_scale[None, None], self.mod_basis).transpose(1, 2)
-        return self.mask_weights(self.routing_summary(x, state))
+        if projected is None:
+            start = self.embed_dim + 2 * self.num_heads
+            projected = F.linear(x, self.in_proj.weight[start:], self.in_proj.bias[start:])
+        return self.mask_weights(self.routing_summary(projected, state))
 
     def density_fn(self, dtype: torch.dtype, device):
         window = gaussian_window(self.seq_len, device=device).to(dtype)
@@ -251,14 +298,16 @@ class WaveDensityAttention(nn.Module):
             raise ValueError(f"cache holds batch {state.get('u').shape[0]} but the input has batch {b}")
         dtype = compute_dtype(x.dtype)
 
-        v = self.v_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, S, Dh]
-        q_gate = torch.sigmoid(self.q_mod(x)).transpose(1, 2).unsqueeze(-1)  # [B, H, S, 1]
-        k_gate = torch.sigmoid(self.k_mod(x)).transpose(1, 2).unsqueeze(-1)
+        # views of one matmul: values, modulators, then (prefix / pooled) the routing MLPs' inputs
+        v, q_mod, k_mod, *routing_in = self.in_proj(x).split(self.split_sizes, dim=-1)
+        v = v.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, S, Dh]
+        q_gate = torch.sigmoid(q_mod).transpose(1, 2).unsqueeze(-1)  # [B, H, S, 1]
+        k_gate = torch.sigmoid(k_mod).transpose(1, 2).unsqueeze(-1)
         u = torch.cat([k_gate, k_gate * v], dim=-1).to(dtype)  # [B, H, S, 1 + Dh]
-        if state is not None and state.get("u") is not None:
-            u = torch.cat([state.get("u"), u], dim=-2)
+        if state is not None:
+            u = state.append("u", u, self.seq_len)  # all offset + S positions
 
-        weights = self.routing_weights(x, state)
+        weights = self.routing_weights(x, state, *routing_in)
         # Kernels, Toeplitz products and the content path run in float32 even under bf16 autocast.
         with torch.autocast(x.device.type, enabled=False):
             o = self.apply_kernels(weights, u, offset, state)
@@ -273,7 +322,6 @@ class WaveDensityAttention(nn.Module):
                     state.set(content_kv=kv, content_k_sum=k_sum)
 
         if state is not None:
-            state.set(u=u)
             state.length += s
         out = q_gate * ctx.to(x.dtype) + (1 - q_gate) * v
         return self.out_proj(out.transpose(1, 2).reshape(b, s, self.embed_dim))

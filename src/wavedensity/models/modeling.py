@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -14,9 +15,39 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils.deprecation import deprecate_kwarg
 
-from ..layers import WaveDensityAttention, WDABlock, WDACache
+from ..layers import WaveDensityAttention, WDABlock, WDACache, fuse_input_projections, input_projection_sizes
 from ..ops.loss import linear_cross_entropy, logits_cross_entropy
 from .configuration import WDAConfig
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The safetensors files of a saved model directory: one file, or the shards its index names."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return [directory / shard for shard in shards]
+    single = directory / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+def fused_old_checkpoint(directory: Path, config: WDAConfig) -> dict[str, torch.Tensor] | None:
+    """The weights of a checkpoint saved before WDA's input projections were fused into ``in_proj``
+    (``mixer.v_proj`` / ``q_mod`` / ``k_mod`` / ``gate_in`` / ``scale_in``), with them fused; None
+    for a checkpoint of the current layout (read key names only)."""
+    files = weight_files(directory)
+    keys = set()
+    for path in files:
+        with safe_open(path, framework="pt") as f:
+            keys.update(f.keys())
+    if config.mixer != "wda" or not any(key.endswith(".mixer.v_proj.weight") for key in keys):
+        return None
+    state_dict = {}
+    for path in files:
+        with safe_open(path, framework="pt") as f:
+            state_dict.update({key: f.get_tensor(key) for key in f.keys()})
+    for index in range(config.num_layers):
+        fuse_input_projections(state_dict, f"model.layers.{index}.mixer.", input_projection_sizes(config))
+    return state_dict
 
 
 class WDAPreTrainedModel(PreTrainedModel):
@@ -234,6 +265,11 @@ class WDAForCausalLM(WDAPreTrainedModel, GenerationMixin):
                     f"{config_path} has no model_type: this looks like a released WaveCharLM checkpoint; "
                     "load it with WDAForCausalLM.from_release() (on the command line: --release, or `wda convert-release`)"
                 )
+            config = kwargs.pop("config", None) or WDAConfig.from_pretrained(config_path.parent)
+            fused = fused_old_checkpoint(config_path.parent, config)
+            if fused is not None:  # transformers' loader matches names only: hand it the fused tensors
+                return super().from_pretrained(None, *args, config=config, state_dict=fused, **kwargs)
+            kwargs["config"] = config
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..jsonfile import read_json
+from ..layers import fuse_input_projections, input_projection_sizes, split_input_projection
 from ..ops import gaussian_window, relative_encoding
 from .configuration import WDAConfig
 from .modeling import WDAForCausalLM
@@ -53,6 +54,9 @@ def to_release_state_dict(state_dict: dict[str, torch.Tensor], config: WDAConfig
     """Our state dict -> the release's keys (per-head tensors split out, buffers added)."""
     if config.mixer != "wda":
         raise ValueError("only WDA models have a release format (mixer='softmax' has none)")
+    state_dict, sizes = dict(state_dict), input_projection_sizes(config)
+    for index in range(config.num_layers):  # the release stores each input projection on its own
+        split_input_projection(state_dict, f"model.layers.{index}.mixer.", sizes)
     out = {}
     for key, tensor in state_dict.items():
         if key in TOP_LEVEL:
@@ -111,6 +115,7 @@ def from_release_state_dict(release: dict[str, torch.Tensor], config: WDAConfig)
         for ours, (pattern, join) in PER_HEAD.items():
             heads = [release[block + pattern.format(h=h)] for h in range(config.num_heads)]
             out[f"model.layers.{index}.mixer.{ours}"] = torch.cat(heads) if join == "cat" else torch.stack(heads)
+        fuse_input_projections(out, f"model.layers.{index}.mixer.", input_projection_sizes(config))
     return out
 
 

@@ -12,12 +12,9 @@ from torch import nn
 
 # nn.Linear layers of one WDA mixer (``model.layers.N.mixer.NAME``) and what each computes.
 WDA_PROJECTIONS = {
-    "v_proj": "values, D -> D",
+    "in_proj": "values (D), query and key modulators (heads each) and, unless routing is static, the first "
+               "layers of the routing gate and mask-scaling MLPs (heads x gate_hidden each), one fused matmul",
     "out_proj": "output projection, D -> D",
-    "q_mod": "query modulator, D -> heads (one sigmoid gate per head and token)",
-    "k_mod": "key modulator, D -> heads",
-    "gate_in": "routing gate MLP, first layer, D -> heads x gate_hidden (heads fused)",
-    "scale_in": "mask-scaling MLP, first layer, D -> heads x gate_hidden",
     "content_q_proj": "content path query features, D -> heads x content_rank (learned_content only)",
     "content_k_proj": "content path key features, D -> heads x content_rank (learned_content only)",
 }
@@ -51,7 +48,7 @@ def teacher_lora_targets(model) -> list[str]:
     """The full module paths of every teacher attention projection in ``model`` (a wrapped layer's
     under ``...self_attn.teacher.``), for ``peft.LoraConfig(target_modules=...)``.
 
-    Full paths rather than suffixes: the WDA branches have a ``v_proj`` of their own, and GPT-2's
+    Full paths rather than suffixes: the WDA branches have projections of their own, and GPT-2's
     MLP a ``c_proj``, which must not be adapted with the attention.
     """
     targets = [f"{name}.{projection}" for name, module in model.named_modules()

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data import load_tokenizer
 from ..jsonfile import read_json
+from ..layers import WaveDensityAttention, fuse_input_projections
 from .find import TransplantError
 from .model import WDATransplantForCausalLM
 from .wrapper import wda_parameters
@@ -101,6 +102,9 @@ def load_adapter(model: WDATransplantForCausalLM, directory) -> dict:
                               f"({ {k: meta['wda'].get(k) for k in differing} } vs { {k: settings['wda'].get(k) for k in differing} })")
     if meta["layers"] != settings["layers"]:
         raise TransplantError(f"adapter {where} wraps layers {meta['layers']}, the model wraps {settings['layers']}")
+    for name, module in model.named_modules():  # adapters saved before WDA's input projections were fused
+        if isinstance(module, WaveDensityAttention):
+            fuse_input_projections(tensors, f"{name}.", module.input_sizes)
     expected = adapter_tensors(model)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
