@@ -94,11 +94,14 @@ def per_position_from_weights(
     mask_weights: torch.Tensor,  # [B, H, T, M]
     masks: torch.Tensor,  # [H, M, N], N >= offset + T
     u: torch.Tensor,  # [B, H, offset+T, C]
-    to_density: Callable[[torch.Tensor], torch.Tensor],
+    to_density: Callable[[torch.Tensor], torch.Tensor] | None,
     offset: int = 0,
     block: int | None = None,
 ) -> torch.Tensor:
     """Mix masks per position, turn the kernels into densities and apply them.
+
+    ``to_density=None``: ``masks`` are already densities and their per-position mixture is the kernel
+    (``kernel_mix="density"``).
 
     ``block=None`` does all rows at once (O(T x N) memory per head). With ``block`` the rows are
     processed in tiles that only see the distances they need, and under autograd each tile is
@@ -109,7 +112,7 @@ def per_position_from_weights(
 
     def tile(weights_tile: torch.Tensor, u_prefix: torch.Tensor, tile_offset: int) -> torch.Tensor:
         kernel = weights_tile @ masks[..., : u_prefix.shape[-2]]
-        return per_position_apply(to_density(kernel), u_prefix, tile_offset)
+        return per_position_apply(kernel if to_density is None else to_density(kernel), u_prefix, tile_offset)
 
     rows = mask_weights.shape[-2]
     if block is None or block >= rows:
