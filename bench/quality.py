@@ -37,9 +37,12 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NANOGPT_ANCHOR = "nanoGPT shakespeare_char: 1.4697 (10.7M parameters, 5,000 iterations of 64 x 256 tokens, GPU)"
 VARIANTS = {  # name: model overrides; the first is the reference of an equal-time budget
     "wda prefix": {"mixer": "wda", "routing": "prefix"},
+    "wda prefix density": {"mixer": "wda", "routing": "prefix", "kernel_mix": "density"},
     "wda static": {"mixer": "wda", "routing": "static"},
     "softmax": {"mixer": "softmax"},
 }
+BPE_VARIANTS = {"wda": {"mixer": "wda"}, "wda density": {"mixer": "wda", "kernel_mix": "density"},
+                "softmax": {"mixer": "softmax"}}
 
 
 def run(config: TrainConfig, out: Path) -> tuple[dict, float]:
@@ -130,11 +133,11 @@ def embedded_bpe(args) -> None:
     if missing:
         sys.exit(f"skipped: {missing} not found")
     rows = []
-    for mixer in ("wda", "softmax"):
-        values = {**preset_train_config("cpu-char").to_dict(), "data": ["embedded"], "tokenizer": f"bpe:{args.vocab}",
-                  "steps": args.steps, "seed": args.seed, "model": {"mixer": mixer}}
+    for mixer in args.bpe_variants.split(","):
+        values = {**preset_train_config(args.preset).to_dict(), "data": ["embedded"], "tokenizer": f"bpe:{args.vocab}",
+                  "steps": args.steps, "seed": args.seed, "model": BPE_VARIANTS[mixer]}
         config = TrainConfig.from_dict(values)
-        out = Path(args.out) / f"embedded-bpe{args.vocab}-{mixer}-{args.steps}-s{args.seed}"
+        out = Path(args.out) / f"embedded-bpe{args.vocab}-{mixer.replace(' ', '-')}-{args.steps}-s{args.seed}"
         result, seconds = run(config, out)
         model, tokenizer = load_model_and_tokenizer(out / "final")
         scores = {}
@@ -145,7 +148,7 @@ def embedded_bpe(args) -> None:
         (out / "transfer_eval.json").write_text(json.dumps(scores, indent=1))
     print(header(args))
     print(f"\nTrained on the embedded corpus (Shakespeare's plays, held-out plays for validation), byte-level BPE "
-          f"with {args.vocab} tokens trained on it, preset cpu-char dimensions, {args.steps} steps, seed {args.seed}, "
+          f"with {args.vocab} tokens trained on it, preset {args.preset} dimensions, {args.steps} steps, seed {args.seed}, "
           "routing prefix. Bits per byte over the whole evaluation text.\n")
     print("| mixer | parameters | held-out plays bits/byte | WikiText-2 test bits/byte | C4 sample bits/byte | wall time |")
     print("|---|---|---|---|---|---|")
@@ -162,9 +165,11 @@ def main(argv=None):
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--budget", choices=["steps", "time"], default="steps", help="shakespeare: equal steps "
                         "for every variant, or equal compute time (that of wda prefix at --steps)")
-    parser.add_argument("--preset", default="cpu-char", help="shakespeare: training preset in configs/")
+    parser.add_argument("--preset", default="cpu-char", help="training preset in configs/")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of step-time measurement")
     parser.add_argument("--plot", help="where to write the validation curves (PNG)")
+    parser.add_argument("--bpe-variants", default="wda,softmax", help="embedded-bpe: comma-separated, of "
+                        + ", ".join(BPE_VARIANTS))
     parser.add_argument("--out", default="runs/bench")
     args = parser.parse_args(argv)
     shakespeare(args) if args.what == "shakespeare" else embedded_bpe(args)

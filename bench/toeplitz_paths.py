@@ -1,6 +1,6 @@
 """Forward+backward time of each causal Toeplitz path, to set the automatic path choice.
 
-Run: python -m bench.toeplitz_paths [--lengths 64,128,...] [--repeats 5]
+Run: python -m bench.toeplitz_paths [--lengths 64,128,...] [--repeats 5] [--batch 4]
 Shapes follow the 130M model: batch 4, 4 heads, 1 + 192 channels, 16 masks.
 """
 
@@ -32,8 +32,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print(f"# {datetime.date.today()} {platform.processor() or platform.machine()} torch {torch.__version__} "
           f"threads {torch.get_num_threads()} batch {args.batch}")
-    print("| S | conv fft | conv dense | per-position dense | per-position tiled (256) |")
-    print("|---|---|---|---|---|")
+    print("| S | conv fft | conv dense | per-position dense | per-position tiled (256) | density mix: fft | "
+          "density mix: per-position dense | density mix: per-position tiled (256) |")
+    print("|---|---|---|---|---|---|---|---|")
     heads, channels, masks_n = 4, 193, 16
     window = ops.gaussian_window(max(int(s) for s in args.lengths.split(",")))
     to_density = lambda k: ops.density(k, window, 3.0)  # noqa: E731
@@ -51,6 +52,10 @@ def main(argv=None):
             median_time(run(lambda: ops.causal_conv_dense(kernel, u)), args.repeats),
             median_time(run(lambda: ops.per_position_from_weights(weights, masks, u, to_density)), args.repeats),
             median_time(run(lambda: ops.per_position_from_weights(weights, masks, u, to_density, block=256)), args.repeats),
+            # kernel_mix="density" under prefix routing: masks stand in for the per-mask densities
+            median_time(run(lambda: ops.mixed_conv_fft(weights, masks, u)), args.repeats),
+            median_time(run(lambda: ops.per_position_from_weights(weights, masks, u, None)), args.repeats),
+            median_time(run(lambda: ops.per_position_from_weights(weights, masks, u, None, block=256)), args.repeats),
         ]
         print(f"| {seq} | " + " | ".join(f"{t * 1e3:.1f} ms" for t in row) + " |")
 

@@ -16,8 +16,14 @@ CAUSAL = [
     ("static", "tiled", {"tiled_block": 8}),
     ("prefix", "auto", {"use_sampling": True}),
     ("static", "fft", {"use_sampling": True}),
+    ("prefix", "fft", {"kernel_mix": "density"}),
+    ("prefix", "dense", {"kernel_mix": "density"}),
+    ("prefix", "tiled", {"kernel_mix": "density", "tiled_block": 8}),
+    ("static", "fft", {"kernel_mix": "density"}),
+    ("prefix", "fft", {"kernel_mix": "density", "use_sampling": True}),
 ]
-TRAINING = [("prefix", "dense"), ("prefix", "tiled"), ("static", "auto"), ("static", "fft"), ("static", "tiled")]
+TRAINING = [("prefix", "dense", {}), ("prefix", "tiled", {}), ("static", "auto", {}), ("static", "fft", {}),
+            ("static", "tiled", {}), ("prefix", "fft", {"kernel_mix": "density"})]
 # FFT mixes all positions in floating point: future inputs reach the past only as float64 round-off.
 TOLERANCE = {"fft": 1e-12}
 
@@ -51,11 +57,11 @@ def test_gradient_of_past_logits_wrt_future_inputs_is_zero(routing, path, extra)
         assert grad[0, : t + 1].abs().max() > 0
 
 
-@pytest.mark.parametrize("routing,path", TRAINING)
-def test_training_mode_stochastic_density_is_causal(routing, path):
+@pytest.mark.parametrize("routing,path,extra", TRAINING)
+def test_training_mode_stochastic_density_is_causal(routing, path, extra):
     """Sampled step densities have exact zeros; every path must still keep the future out."""
     model = tiny_model(routing=routing, toeplitz_path=path, use_sampling=True, num_samples=2, noise_sigma=0.3,
-                       tiled_block=8, seq_len=200, dtype=torch.float64).train()
+                       tiled_block=8, seq_len=200, dtype=torch.float64, **extra).train()
     ids = torch.randint(0, 37, (1, 200), generator=torch.Generator().manual_seed(3))
     changed = ids.clone()
     changed[:, 150:] = (changed[:, 150:] + 1) % 37
@@ -82,3 +88,17 @@ def test_pooled_routing_reads_the_future_and_says_so():
     logits = model(inputs_embeds=embeds, use_cache=False).logits
     (grad,) = torch.autograd.grad(logits[0, 10].sum(), embeds)
     assert grad[0, 11:].abs().max() > 0, "logits at 10 have gradient from inputs 11..63 under pooled routing"
+
+
+@pytest.mark.parametrize("kernel_mix", ["logit", "density"])
+def test_fft_rows_after_the_exact_head_keep_the_future_out(kernel_mix):
+    """At 64 tokens every FFT row lies in the exact head (128 rows); at 300 the FFT computes rows 128..299."""
+    routing = "prefix" if kernel_mix == "density" else "static"
+    model = tiny_model(routing=routing, toeplitz_path="fft", kernel_mix=kernel_mix, seq_len=300, dtype=torch.float64)
+    ids = torch.randint(0, 37, (1, 300), generator=torch.Generator().manual_seed(4))
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    logits = model(inputs_embeds=embeds, use_cache=False).logits
+    for t in [130, 200, 298]:
+        (grad,) = torch.autograd.grad(logits[0, t].sum(), embeds, retain_graph=True)
+        assert grad[0, t + 1 :].abs().max().item() <= TOLERANCE["fft"], f"d logits[{t}] / d inputs[>{t}]"
+        assert grad[0, : t + 1].abs().max() > 0

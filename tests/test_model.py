@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig
 
 import wavedensity
 from conftest import tiny_config, tiny_model
@@ -19,6 +19,11 @@ MODES = [
     dict(routing="prefix", use_sampling=True),
     dict(routing="prefix", toeplitz_path="tiled", tiled_block=4),
     dict(routing="prefix", mixer="softmax"),
+    dict(routing="prefix", kernel_mix="density", toeplitz_path="fft"),
+    dict(routing="prefix", kernel_mix="density", toeplitz_path="tiled", tiled_block=4),
+    dict(routing="static", kernel_mix="density", toeplitz_path="fft"),
+    dict(routing="pooled", gate="release", kernel_mix="density"),
+    dict(routing="prefix", kernel_mix="density", use_sampling=True),
 ]
 
 
@@ -42,9 +47,11 @@ def test_cached_generation_equals_recomputation(mode):
     torch.testing.assert_close(torch.stack(cached.logits, 1), reference, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("routing", ["prefix", "static"])
-def test_chunked_prefill_with_cache_equals_full_forward(routing):
-    model = tiny_model(routing=routing)
+@pytest.mark.parametrize("mode", [dict(routing="prefix"), dict(routing="static"),
+                                  dict(routing="prefix", kernel_mix="density", toeplitz_path="fft")],
+                         ids=lambda m: "-".join(f"{v}" for v in m.values()))
+def test_chunked_prefill_with_cache_equals_full_forward(mode):
+    model = tiny_model(**mode)
     ids = torch.randint(0, 37, (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
@@ -103,6 +110,24 @@ def test_config_takes_release_names_and_hf_aliases():
     assert isinstance(AutoConfig.for_model("wavedensity"), WDAConfig)
 
 
+def test_config_refuses_unknown_keywords_but_takes_pretrained_configs_own(tmp_path):
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['kernel_mixx'\]"):
+        WDAConfig(kernel_mixx="density")
+    hf_own = {**PreTrainedConfig().to_dict(), "torch_dtype": "float32", "auto_map": {"AutoConfig": "m.WDAConfig"},
+              "num_labels": 3, "use_bfloat16": False, "max_length": 20, "_commit_hash": None}
+    config = WDAConfig(**hf_own, kernel_mix="density", embed_dim=24, num_heads=3)
+    assert config.kernel_mix == "density" and config.auto_map == {"AutoConfig": "m.WDAConfig"}
+    assert WDAConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+    model = tiny_model(kernel_mix="density")
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "torch_dtype": "float32", "architectures": ["X"]}))
+    assert WDAForCausalLM.from_pretrained(tmp_path).config.kernel_mix == "density"
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "kernel_mixx": "density"}))
+    with pytest.raises(TypeError, match="kernel_mixx"):
+        WDAForCausalLM.from_pretrained(tmp_path)
+
+
 @pytest.mark.parametrize(
     "bad,message",
     [
@@ -112,6 +137,16 @@ def test_config_takes_release_names_and_hf_aliases():
         (dict(embed_dim=30, num_heads=4), "divisible"),
         (dict(topk_masks=9, num_masks=4), "topk_masks"),
         (dict(routing="prefix", toeplitz_path="fft"), "fft"),
+        (dict(kernel_mix="densities"), "kernel_mix"),
+        (dict(kernel_mixx="density"), "kernel_mixx"),
+        (dict(attn_alpha=0.0), "attn_alpha"),
+        (dict(step_alpha=-1.0), "step_alpha"),
+        (dict(gate_temp=-0.5), "gate_temp"),
+        (dict(layer_norm_eps=0.0), "layer_norm_eps"),
+        (dict(noise_sigma=float("nan")), "noise_sigma"),
+        (dict(initializer_range=-0.1), "initializer_range"),
+        (dict(vocab_size=37, pad_token_id=37), "pad_token_id"),
+        (dict(eos_token_id=[1, -2]), "eos_token_id"),
         (dict(embed_dim="wide"), "embed_dim"),
         (dict(seq_len=0), "seq_len"),
     ],

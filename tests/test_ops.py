@@ -85,6 +85,28 @@ def test_per_position_rows_after_an_offset(block):
     torch.testing.assert_close(fast, reference)
 
 
+@pytest.mark.parametrize("seq", LENGTHS)
+@pytest.mark.parametrize("path", ["fft", "fft-exact-head", "per-position", "per-position-tiled"])
+def test_mixture_of_densities_matches_reference(seq, path):
+    """kernel_mix="density": M convolutions mixed per row, by FFT and by the per-position rows."""
+    weights, masks, u, to_density = mixture_inputs(seq, seed=seq)
+    densities = to_density(masks)
+    fast = {
+        "fft": lambda w, d, x: ops.mixed_conv_fft(w, d, x, exact_rows=0),
+        "fft-exact-head": lambda w, d, x: ops.mixed_conv_fft(w, d, x, exact_rows=40),
+        "per-position": lambda w, d, x: ops.per_position_from_weights(w, d, x, None),
+        "per-position-tiled": lambda w, d, x: ops.per_position_from_weights(w, d, x, None, block=16),
+    }[path]
+    assert_same(grads(fast, weights, densities, u), grads(ops.mixed_conv_reference, weights, densities, u))
+
+
+def test_mixture_of_densities_broadcasts_weights_and_reads_only_the_needed_distances():
+    weights, masks, u, to_density = mixture_inputs(30)
+    densities = torch.cat([to_density(masks)] * 2, dim=-1)  # more distances than rows
+    expected = ops.mixed_conv_reference(weights[:1].expand(2, -1, -1, -1), densities[..., :30], u)
+    torch.testing.assert_close(ops.mixed_conv_fft(weights[:1], densities, u, exact_rows=0), expected)
+
+
 @pytest.mark.parametrize("offset", [0, 1, 6])
 @pytest.mark.parametrize("rows", [1, 2, 7])
 def test_rows_from_distances_lays_out_the_causal_matrix(offset, rows):

@@ -22,6 +22,7 @@ from ..ops import (
     feature_map,
     gate_weights,
     gaussian_window,
+    mixed_conv_fft,
     per_position_from_weights,
     relative_encoding,
     scale_weights,
@@ -35,6 +36,9 @@ from .cache import WDALayerState
 DENSE_CONV_MAX_LEN = {"cpu": 256, "cuda": 1024}
 # Per-position kernels: above this length rows are tiled to bound memory (docs/benchmarks.md).
 DENSE_PER_POSITION_MAX_LEN = 512
+# kernel_mix="density" under prefix routing: up to this length the per-position rows beat the M
+# convolutions by FFT (CPU, bench/toeplitz_paths.py, docs/benchmarks.md).
+PER_POSITION_MIXED_MAX_LEN = 1024
 
 
 def dense_conv_max_len(device_type: str) -> int:
@@ -109,6 +113,7 @@ class WaveDensityAttention(nn.Module):
         self.attn_alpha = float(config.attn_alpha)
         self.use_sin_waves = config.use_sin_waves
         self.toeplitz_path, self.tiled_block = config.toeplitz_path, config.tiled_block
+        self.kernel_mix = config.kernel_mix
         self.sampling = dict(
             sampling=config.use_sampling,
             num_samples=config.num_samples,
@@ -240,11 +245,14 @@ class WaveDensityAttention(nn.Module):
             density, window=window, attn_alpha=self.attn_alpha, stochastic=self.training, **self.sampling
         )
 
-    def pick_path(self, rows: int, per_sequence: bool, device_type: str = "cpu") -> str:
+    def pick_path(self, rows: int, per_sequence: bool, device_type: str = "cpu", per_mask: bool = False) -> str:
         """The Toeplitz path for ``rows`` new positions on ``device_type``; ``per_sequence``: one kernel
-        serves them all."""
+        serves them all; ``per_mask``: M kernels serve them all, mixed per row (``kernel_mix="density"``)."""
         path = self.toeplitz_path
-        if not per_sequence and path == "fft":
+        if path == "auto" and per_mask and not (self.sampling["sampling"] and self.training):
+            return "dense" if rows <= DENSE_PER_POSITION_MAX_LEN else "tiled" if rows <= PER_POSITION_MIXED_MAX_LEN \
+                else "fft"
+        if not (per_sequence or per_mask) and path == "fft":
             path = "auto"  # a cached continuation has per-row kernels even under static routing
         # A stochastic step density has exact zeros; the normaliser o[0] can then be 0 and amplify FFT
         # round-off without bound, so sampled training passes take the exact paths.
@@ -263,11 +271,17 @@ class WaveDensityAttention(nn.Module):
         rows = u.shape[-2] - offset
         masks = self.decoding_masks(u.shape[-2], dtype, device, state)
         to_density = self.density_fn(dtype, device)
+        if self.kernel_mix == "density":  # each mask becomes a density; the weights mix the densities
+            masks, to_density = to_density(masks), None
         per_sequence = self.routing != "prefix" and offset == 0
-        path = self.pick_path(rows, per_sequence, device.type)
+        per_mask = self.kernel_mix == "density" and self.routing == "prefix" and offset == 0
+        path = self.pick_path(rows, per_sequence, device.type, per_mask)
         if per_sequence and path in ("fft", "dense"):
-            kernel = to_density((weights.to(dtype) @ masks).squeeze(-2))  # [B|1, H, S]
+            kernel = (weights.to(dtype) @ masks).squeeze(-2)  # [B|1, H, S]
+            kernel = kernel if to_density is None else to_density(kernel)
             return causal_conv_fft(kernel, u) if path == "fft" else causal_conv_dense(kernel, u)
+        if path == "fft":  # per-row weights over per-mask densities: M convolutions mixed per row
+            return mixed_conv_fft(weights, masks, u)
         weights = weights.expand(-1, -1, rows, -1)
         block = self.tiled_block if path == "tiled" else None
         return per_position_from_weights(weights, masks, u, to_density, offset=offset, block=block)

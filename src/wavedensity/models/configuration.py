@@ -1,13 +1,29 @@
 """``WDAConfig``: the release's keyword names, the project's routing/gate/mixer choices, HF aliases."""
 
+import math
+
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
+from transformers import GenerationConfig, PreTrainedConfig
 
 from ..ops.routing import GATE_MODES
 
 ROUTING_MODES = ("prefix", "pooled", "static")
 MIXERS = ("wda", "softmax")
 TOEPLITZ_PATHS = ("auto", "fft", "dense", "tiled")
+KERNEL_MIXES = ("logit", "density")
+# Keywords PreTrainedConfig takes beyond its dataclass fields (its __post_init__ consumes or stores them):
+# saved configs of transformers 4 and 5, hub exports (auto_map) and generation defaults carry them, so
+# from_pretrained of any saved model passes them back. Anything else is a typo and is refused by name.
+HF_CONFIG_KEYWORDS = frozenset({
+    "_name_or_path", "name_or_path", "_commit_hash", "model_type", "torch_dtype", "num_labels", "auto_map",
+    "output_attentions", "attn_implementation", "experts_implementation", "_attn_implementation_internal",
+    "_experts_implementation_internal", "_attn_implementation_autoset", "per_layer_config", "rope_scaling",
+    "rope_theta", "quantization_config", "base_model_tp_plan", "base_model_pp_plan",
+    # transformers 4 PretrainedConfig keyword arguments that transformers 5 no longer declares
+    "add_cross_attention", "cross_attention_hidden_size", "decoder_start_token_id", "finetuning_task",
+    "is_decoder", "prefix", "pruned_heads", "sep_token_id", "task_specific_params", "tf_legacy_loss",
+    "tie_encoder_decoder", "tokenizer_class", "torchscript", "use_bfloat16",
+}) | frozenset(GenerationConfig._get_default_generation_params())
 
 
 @strict
@@ -30,6 +46,11 @@ class WDAConfig(PreTrainedConfig):
             ``"tiled"`` (per-position kernels of ``prefix``); ``tiled_block`` sets the tile rows.
         use_sampling, num_samples, noise_sigma, step_alpha: the stochastic-threshold density.
         gate_hidden, scale_rank: widths of the per-head gate MLP (128) and mask-scaling output (8).
+        kernel_mix: ``"logit"`` (the density of the mixed kernel, ``sigmoid(alpha sum_m w_m M_m)``; the
+            release) or ``"density"`` (the mixture of per-mask densities, ``sum_m w_m sigmoid(alpha M_m)``:
+            under ``prefix`` routing M causal convolutions mixed per token, O(S log S) by FFT).
+
+    Unknown keyword arguments are refused by name (``PreTrainedConfig``'s own keywords pass).
     """
 
     model_type = "wavedensity"
@@ -73,15 +94,24 @@ class WDAConfig(PreTrainedConfig):
     mixer: str = "wda"
     toeplitz_path: str = "auto"
     tiled_block: int = 256
+    kernel_mix: str = "logit"
 
     use_cache: bool = True
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
 
+    def __post_init__(self, **kwargs):
+        unknown = sorted(set(kwargs) - set(self.attribute_map) - HF_CONFIG_KEYWORDS)
+        if unknown:
+            raise TypeError(f"WDAConfig got unknown keyword argument(s) {unknown}; a typo? The fields are listed "
+                            "in help(WDAConfig)")
+        super().__post_init__(**kwargs)
+
     def validate_architecture(self):
         """Part of ``@strict`` validation: reject impossible shapes and unknown modes by name."""
-        choices = {"routing": ROUTING_MODES, "gate": GATE_MODES, "mixer": MIXERS, "toeplitz_path": TOEPLITZ_PATHS}
+        choices = {"routing": ROUTING_MODES, "gate": GATE_MODES, "mixer": MIXERS, "toeplitz_path": TOEPLITZ_PATHS,
+                   "kernel_mix": KERNEL_MIXES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"WDAConfig.{name}={getattr(self, name)!r} is not one of {allowed}")
@@ -92,8 +122,9 @@ class WDAConfig(PreTrainedConfig):
                 raise ValueError(f"WDAConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
-        if self.routing == "prefix" and self.toeplitz_path == "fft":
-            raise ValueError("toeplitz_path='fft' needs one kernel per sequence; prefix routing has one per position")
+        if self.routing == "prefix" and self.toeplitz_path == "fft" and self.kernel_mix == "logit":
+            raise ValueError("toeplitz_path='fft' needs one kernel per sequence or kernel_mix='density'; prefix "
+                             "routing with kernel_mix='logit' has one kernel per position")
         if self.topk_masks > self.num_masks:
             raise ValueError(f"topk_masks={self.topk_masks} exceeds num_masks={self.num_masks}")
         if self.noise_sigma < 0:
@@ -102,6 +133,26 @@ class WDAConfig(PreTrainedConfig):
             raise ValueError(f"content_mix={self.content_mix} must lie in [0, 1]")
         if self.content_mix > 0 and self.content_rank < 1:
             raise ValueError("content_mix > 0 needs content_rank >= 1")
+
+    def validate_values(self):
+        """Part of ``@strict`` validation: every remaining number lies where the layer means something."""
+        positive = {"attn_alpha": self.attn_alpha, "step_alpha": self.step_alpha, "layer_norm_eps": self.layer_norm_eps}
+        at_least_zero = {"gate_temp": self.gate_temp, "initializer_range": self.initializer_range,
+                         "content_rank": self.content_rank}
+        for name, value in {**positive, **at_least_zero, "noise_sigma": self.noise_sigma}.items():
+            if not math.isfinite(value):
+                raise ValueError(f"WDAConfig.{name}={value} must be finite")
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"WDAConfig.{name}={value} must be > 0")
+        for name, value in at_least_zero.items():
+            if value < 0:
+                raise ValueError(f"WDAConfig.{name}={value} must be >= 0")
+        for name in ("bos_token_id", "pad_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            ids = value if isinstance(value, list) else [] if value is None else [value]
+            if any(not 0 <= i < self.vocab_size for i in ids):
+                raise ValueError(f"WDAConfig.{name}={value} lies outside the vocabulary 0..{self.vocab_size - 1}")
 
     @property
     def head_dim(self) -> int:

@@ -5,6 +5,7 @@ from .content import (
     causal_linear_attention_reference,
     feature_map,
 )
+from .kernel_mix import mixed_conv_fft, mixed_conv_reference
 from .loss import (
     linear_cross_entropy,
     linear_cross_entropy_reference,
@@ -48,6 +49,8 @@ __all__ = [
     "linear_cross_entropy",
     "linear_cross_entropy_reference",
     "logits_cross_entropy",
+    "mixed_conv_fft",
+    "mixed_conv_reference",
     "per_position_apply",
     "per_position_from_weights",
     "per_position_reference",

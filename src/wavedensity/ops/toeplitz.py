@@ -32,6 +32,67 @@ def fft_size(n: int) -> int:
         size += 1
 
 
+class CausalConvsFFT(torch.autograd.Function):
+    """``o = sum_m w_m(t) (k_m * u)(t)`` (or ``k * u`` when ``weights`` is None) by FFT of size >= 2S.
+
+    kernels ``[..., M, S]`` (broadcastable against u's leading dims), u ``[..., S, C]``, weights
+    ``[..., S, M]`` or None (then M = 1). Written out rather than left to autograd because:
+    - transforms run along the last axis of channels-first views: pocketFFT is ~2x slower along u's
+      strided sequence axis;
+    - autograd's gradient of ``rfft`` is a full complex FFT plus copies (``_fft_c2c``, 60% of the
+      FFT time of a static layer's backward in the profile); the adjoint of a causal convolution is the
+      correlation with the same kernel, one real inverse transform of conjugate spectra;
+    - nothing of size M x S x C is kept: forward saves the spectra of u and of the kernels, and
+      backward recomputes each mask's convolution for the weights' gradient, one mask at a time.
+    """
+
+    @staticmethod
+    def forward(ctx, kernels, u, weights):
+        seq, n = u.shape[-2], fft_size(u.shape[-2])
+        u_f = torch.fft.rfft(u.transpose(-1, -2), n=n)  # [..., C, F]
+        kernels_f = torch.fft.rfft(kernels, n=n)  # [..., M, F]
+        out = None
+        for m in range(kernels.shape[-2]):
+            conv = torch.fft.irfft(u_f * kernels_f[..., m, None, :], n=n)[..., :seq]  # [..., C, S]
+            if weights is None:
+                out = conv
+            else:
+                out = conv.mul_(weights[..., m].unsqueeze(-2)) if out is None else \
+                    out.addcmul_(conv, weights[..., m].unsqueeze(-2))
+            del conv
+        ctx.save_for_backward(u_f, kernels_f, weights)
+        ctx.seq, ctx.kernel_shape = seq, kernels.shape
+        return out.transpose(-1, -2)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        u_f, kernels_f, weights = ctx.saved_tensors
+        seq, n = ctx.seq, fft_size(ctx.seq)
+        grad_t = grad_out.transpose(-1, -2)  # [..., C, S]
+        grad_u_f, grad_weights = None, None
+        grad_kernels_f = kernels_f.new_empty(*torch.broadcast_shapes(u_f.shape[:-2], kernels_f.shape[:-2]),
+                                             *kernels_f.shape[-2:])
+        if weights is not None and ctx.needs_input_grad[2]:
+            grad_weights = torch.empty_like(weights)
+        for m in range(kernels_f.shape[-2]):
+            if grad_weights is not None:  # d o_t / d w_m(t) = (k_m * u)(t), recomputed rather than stored
+                conv = torch.fft.irfft(u_f * kernels_f[..., m, None, :], n=n)[..., :seq]
+                grad_weights[..., m] = (grad_t * conv).sum(-2)
+                del conv
+            z = grad_t if weights is None else grad_t * weights[..., m].unsqueeze(-2)
+            z_f = torch.fft.rfft(z, n=n)
+            del z
+            # correlation with the same kernel: conjugate spectra
+            kernel_conj = kernels_f[..., m, None, :].conj()
+            grad_u_f = z_f * kernel_conj if grad_u_f is None else grad_u_f.addcmul_(z_f, kernel_conj)
+            grad_kernels_f[..., m, :] = (z_f * u_f.conj()).sum(-2)
+            del z_f
+        grad_u = torch.fft.irfft(grad_u_f, n=n)[..., :seq].transpose(-1, -2)
+        del grad_u_f
+        grad_kernels = torch.fft.irfft(grad_kernels_f, n=n)[..., :seq].sum_to_size(ctx.kernel_shape)
+        return grad_kernels, grad_u, grad_weights
+
+
 def causal_conv_fft(kernel: torch.Tensor, u: torch.Tensor, exact_rows: int = 128) -> torch.Tensor:
     """Causal convolution by FFT. kernel ``[..., >=S]`` broadcastable against u ``[..., S, C]``.
 
@@ -41,11 +102,8 @@ def causal_conv_fft(kernel: torch.Tensor, u: torch.Tensor, exact_rows: int = 128
     rows are therefore computed by the exact dense product; the rest have float32 round-off.
     """
     seq = u.shape[-2]
-    n = fft_size(seq)
     dtype = compute_dtype(u.dtype)
-    kernel_f = torch.fft.rfft(kernel[..., :seq].to(dtype), n=n, dim=-1)
-    u_f = torch.fft.rfft(u.to(dtype), n=n, dim=-2)
-    out = torch.fft.irfft(kernel_f.unsqueeze(-1) * u_f, n=n, dim=-2)[..., :seq, :]
+    out = CausalConvsFFT.apply(kernel[..., None, :seq].to(dtype), u.to(dtype), None)
     head = min(seq, exact_rows)
     exact = causal_conv_dense(kernel[..., :head], u[..., :head, :])
     return torch.cat([exact.expand(*out.shape[:-2], head, out.shape[-1]), out[..., head:, :]], dim=-2)
@@ -94,11 +152,14 @@ def per_position_from_weights(
     mask_weights: torch.Tensor,  # [B, H, T, M]
     masks: torch.Tensor,  # [H, M, N], N >= offset + T
     u: torch.Tensor,  # [B, H, offset+T, C]
-    to_density: Callable[[torch.Tensor], torch.Tensor],
+    to_density: Callable[[torch.Tensor], torch.Tensor] | None,
     offset: int = 0,
     block: int | None = None,
 ) -> torch.Tensor:
     """Mix masks per position, turn the kernels into densities and apply them.
+
+    ``to_density=None``: ``masks`` are already densities and their per-position mixture is the kernel
+    (``kernel_mix="density"``).
 
     ``block=None`` does all rows at once (O(T x N) memory per head). With ``block`` the rows are
     processed in tiles that only see the distances they need, and under autograd each tile is
@@ -109,7 +170,7 @@ def per_position_from_weights(
 
     def tile(weights_tile: torch.Tensor, u_prefix: torch.Tensor, tile_offset: int) -> torch.Tensor:
         kernel = weights_tile @ masks[..., : u_prefix.shape[-2]]
-        return per_position_apply(to_density(kernel), u_prefix, tile_offset)
+        return per_position_apply(kernel if to_density is None else to_density(kernel), u_prefix, tile_offset)
 
     rows = mask_weights.shape[-2]
     if block is None or block >= rows:
