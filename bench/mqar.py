@@ -201,7 +201,8 @@ def first_queries(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def model_config(mode: str, width: int, seq_len: int, args):
-    overrides = dict(vocab_size=vocab_of(args), seq_len=seq_len, embed_dim=width, num_layers=2, num_heads=args.heads)
+    overrides = dict(vocab_size=vocab_of(args), seq_len=seq_len, embed_dim=width, num_layers=2, num_heads=args.heads,
+                     tie_embeddings=args.tie)
     if mode in RECALL_MODES:
         overrides.update(learned_content=True, content_rank=args.content_rank, **RECALL_MODES[mode])
     elif mode in ("softmax", "prenorm-softmax"):
@@ -354,6 +355,9 @@ def main(argv=None) -> int:
                              "included, got past guessing among the values in context (accuracy 1/K) within 2,000 "
                              "steps at seq 64")
     parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--tie", action=argparse.BooleanOptionalAction, default=None,
+                        help="tie the LM head to the token embeddings (default: on for zoology, where an untied "
+                             "softmax model stayed at loss ~ln(4096) for 500 steps at seq 64, off for slots)")
     parser.add_argument("--content-mix", type=float, default=0.5, help="content_mix of the prefix-content mode")
     parser.add_argument("--content-rank", type=int, default=16, help="content_rank of the prefix-content mode")
     parser.add_argument("--test-size", type=int, default=256, help="held-out sequences")
@@ -370,6 +374,7 @@ def main(argv=None) -> int:
     args.pairs = args.pairs or ([4, 8, 16] if zoology else [4])
     args.widths = args.widths or ([64, 128, 256] if zoology else [64, 128])
     args.lrs = args.lrs or (ZOOLOGY_LRS if zoology else [1e-3])
+    args.tie = zoology if args.tie is None else args.tie
     if args.smoke:
         args.seq_lens, args.pairs, args.widths, args.grid = [32], [2], [32], False
         args.steps, args.batch, args.test_size, args.lrs, args.vocab = 3, 4, 8, args.lrs[:1], 64
@@ -409,7 +414,7 @@ def main(argv=None) -> int:
         queries = "every slot after the pairs" if args.queries is None else f"{args.queries} per sequence"
         task = f"MQAR slots, vocabulary {VOCAB} (keys 1-127, values 128-255, filler 0), queries: {queries}"
     print(f"\n{task}; 2 layers, "
-          f"{args.heads} heads, {args.init} init of Linear/Embedding; up to {args.steps} steps x batch {args.batch}"
+          f"{args.heads} heads, {args.init} init of Linear/Embedding, {'tied' if args.tie else 'untied'} embeddings; up to {args.steps} steps x batch {args.batch}"
           f"{f' (stopping at test accuracy {args.stop_at:g})' if args.stop_at else ''}, "
           f"AdamW at the best of lr {', '.join(f'{lr:g}' for lr in args.lrs)} "
           f"(warm-up {warmup_steps(args)} steps, weight decay {args.weight_decay:g}, clip 1), "
