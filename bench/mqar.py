@@ -65,6 +65,23 @@ KEYS = range(1, VOCAB // 2)  # 1..127
 VALUES = range(VOCAB // 2, VOCAB)  # 128..255
 MODES = ("prefix", "static", "prefix-content", "softmax", "prenorm-softmax")
 DEFAULT_MODES = MODES[:4]
+# Issue 15's content-path options (pure WDA: no softmax anywhere, unless the name says window/hybrid).
+# "cN": content_conv N; the content path is the whole mixer (content_mix 1) unless "mix" says otherwise.
+RECALL_MODES = {
+    "elu": dict(content_mix=1.0, content_feature_map="elu"),
+    "elu-c4": dict(content_mix=1.0, content_feature_map="elu", content_conv=4),
+    "taylor": dict(content_mix=1.0, content_feature_map="taylor"),
+    "taylor-c4": dict(content_mix=1.0, content_feature_map="taylor", content_conv=4),
+    "taylor-c4-v": dict(content_mix=1.0, content_feature_map="taylor", content_conv=4, content_value_proj=True),
+    "taylor-c4-unnorm": dict(content_mix=1.0, content_feature_map="taylor", content_conv=4, content_normalize=False),
+    "taylor-c4-mix0.5": dict(content_mix=0.5, content_feature_map="taylor", content_conv=4),
+    "hedgehog-c4": dict(content_mix=1.0, content_feature_map="hedgehog", content_conv=4),
+    "taylor-c4-window16": dict(content_mix=1.0, content_feature_map="taylor", content_conv=4, sliding_window=16),
+    "hybrid": dict(mixer_types=["wda", "softmax"]),  # layer 0 the default WDA (prefix), layer 1 softmax
+    "hybrid-window16": dict(mixer_types=["wda", "softmax"], softmax_window=16),
+}
+ALL_MODES = MODES + tuple(RECALL_MODES)
+ZOOLOGY_LRS = [1e-4, 4.6e-4, 2.2e-3, 1e-2]  # np.logspace(-4, -2, 4), Zoology's sweep
 
 
 class PreNormTransformer(nn.Module):
@@ -137,6 +154,35 @@ def make_batch(batch: int, seq_len: int, pairs: int, generator: torch.Generator,
     return inputs, labels
 
 
+def zoology_batch(batch: int, seq_len: int, pairs: int, vocab: int, generator: torch.Generator,
+                  power_a: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zoology's MQAR: ``(input_ids, labels)`` ``[batch, seq_len]``.
+
+    K pairs ``k1 v1 .. kK vK`` (keys distinct, from the first half of the vocabulary without token 0,
+    values from the second half), then each key queried once, in random order, at two-token slots of
+    the tail drawn without replacement with probability ``p(gap) ~ gap^(power_a - 1)`` (a power law,
+    most queries close to the pairs), its value right after it; every other position holds token 0.
+    ``labels`` hold the value at each query position, -100 elsewhere.
+    """
+    half = vocab // 2
+    slots = (seq_len - 2 * pairs) // 2
+    if pairs < 1 or slots < pairs or pairs > half - 1:
+        raise ValueError(f"seq_len={seq_len}, vocab={vocab} have no room for {pairs} pairs and their queries")
+    keys = torch.rand(batch, half - 1, generator=generator).argsort(dim=-1)[:, :pairs] + 1
+    values = torch.rand(batch, half, generator=generator).argsort(dim=-1)[:, :pairs] + half
+    inputs = torch.zeros(batch, seq_len, dtype=torch.long)
+    labels = torch.full((batch, seq_len), -100, dtype=torch.long)
+    inputs[:, 0 : 2 * pairs : 2], inputs[:, 1 : 2 * pairs : 2] = keys, values
+    gaps = torch.arange(1, slots + 1, dtype=torch.float64)
+    probs = (power_a * gaps ** (power_a - 1)).expand(batch, -1)
+    slot = torch.multinomial(probs, pairs, replacement=False, generator=generator)  # one slot per key, in order
+    position = 2 * pairs + 2 * slot
+    inputs.scatter_(1, position, keys)
+    inputs.scatter_(1, position + 1, values)
+    labels.scatter_(1, position, values)
+    return inputs, labels
+
+
 def first_queries(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Boolean ``[batch, seq_len]``: the query positions whose key is asked there for the first time.
 
@@ -155,8 +201,11 @@ def first_queries(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def model_config(mode: str, width: int, seq_len: int, args):
-    overrides = dict(vocab_size=VOCAB, seq_len=seq_len, embed_dim=width, num_layers=2, num_heads=args.heads)
-    if mode in ("softmax", "prenorm-softmax"):
+    overrides = dict(vocab_size=vocab_of(args), seq_len=seq_len, embed_dim=width, num_layers=2, num_heads=args.heads,
+                     tie_embeddings=args.tie)
+    if mode in RECALL_MODES:
+        overrides.update(learned_content=True, content_rank=args.content_rank, **RECALL_MODES[mode])
+    elif mode in ("softmax", "prenorm-softmax"):
         overrides["mixer"] = "softmax"
     elif mode == "static":
         overrides["routing"] = "static"
@@ -176,39 +225,70 @@ def torch_default_init(model: nn.Module) -> None:
             module.reset_parameters()
 
 
+def vocab_of(args) -> int:
+    return args.vocab if args.task == "zoology" else VOCAB
+
+
+def query_logits(model, inputs: torch.Tensor, queried: torch.Tensor) -> torch.Tensor:
+    """Logits ``[N, vocab]`` at the ``queried`` positions only: the LM head over every position would cost
+    most of a step at a vocabulary of 8192, and the loss reads only the query positions."""
+    if isinstance(model, PreNormTransformer):
+        return model(inputs).logits[queried]
+    hidden = model.model(inputs, use_cache=False).last_hidden_state
+    return model.lm_head(hidden[queried])
+
+
 @torch.no_grad()
 def accuracy(model, inputs: torch.Tensor, labels: torch.Tensor, first: torch.Tensor, batch: int) -> tuple[float, float]:
     """Accuracy over all query positions and over the first query of each key."""
     model.eval()
-    hits = torch.cat([model(inputs[i : i + batch], use_cache=False).logits.argmax(dim=-1) == labels[i : i + batch]
-                      for i in range(0, len(inputs), batch)])
-    model.train()
     queried = labels != -100
+    hits = torch.zeros_like(queried)
+    for i in range(0, len(inputs), batch):
+        rows = slice(i, i + batch)
+        hits[rows][queried[rows]] = query_logits(model, inputs[rows], queried[rows]).argmax(dim=-1) == labels[rows][
+            queried[rows]]
+    model.train()
     return hits[queried].float().mean().item(), hits[first].float().mean().item()
 
 
-def run_one(mode: str, width: int, seq_len: int, pairs: int, args) -> dict:
-    """Train one model on fresh batches and score it on the fixed test set."""
+def decoding_state_floats(model, inputs: torch.Tensor) -> int:
+    """Floats of decoding state one sequence of ``inputs``' length leaves in the cache (all layers)."""
+    if isinstance(model, PreNormTransformer):
+        return 2 * model.config.num_layers * inputs.shape[1] * model.config.embed_dim  # its keys and values
+    with torch.no_grad():
+        cache = model(inputs[:1], use_cache=True).cache
+    return sum(t.numel() for layer in cache.layers for t in layer.tensors.values() if t.is_floating_point())
+
+
+def batch_of(args, size: int, seq_len: int, pairs: int, generator: torch.Generator):
+    if args.task == "zoology":
+        return zoology_batch(size, seq_len, pairs, args.vocab, generator)
+    return make_batch(size, seq_len, pairs, generator, args.queries)
+
+
+def run_one(mode: str, width: int, seq_len: int, pairs: int, args, lr: float) -> dict:
+    """Train one model on fresh batches at learning rate ``lr`` and score it on the fixed test set."""
     torch.manual_seed(args.seed)
     config = model_config(mode, width, seq_len, args)
     model = PreNormTransformer(config) if mode == "prenorm-softmax" else WDAForCausalLM(config)
     if args.init == "torch":
         torch_default_init(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
     warmup = warmup_steps(args)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     train_data = torch.Generator().manual_seed(args.seed)
-    test_inputs, test_labels = make_batch(args.test_size, seq_len, pairs,
-                                          torch.Generator().manual_seed(10_000 + args.seed), args.queries)
+    test_inputs, test_labels = batch_of(args, args.test_size, seq_len, pairs,
+                                        torch.Generator().manual_seed(10_000 + args.seed))
     test = (test_inputs, test_labels, first_queries(test_inputs, test_labels), args.batch)
 
     start = time.perf_counter()
     model.train()
     loss = torch.tensor(float("nan"))
     for step in range(args.steps):
-        inputs, labels = make_batch(args.batch, seq_len, pairs, train_data, args.queries)
-        logits = model(inputs, use_cache=False).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+        inputs, labels = batch_of(args, args.batch, seq_len, pairs, train_data)
+        queried = labels != -100
+        loss = F.cross_entropy(query_logits(model, inputs, queried), labels[queried])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -216,12 +296,15 @@ def run_one(mode: str, width: int, seq_len: int, pairs: int, args) -> dict:
         schedule.step()
         if args.log_every and (step + 1) % args.log_every == 0 and step + 1 < args.steps:
             scores = accuracy(model, *test)
-            print(f"    {mode} width {width} seq {seq_len} pairs {pairs} step {step + 1}: "
+            print(f"    {mode} width {width} seq {seq_len} pairs {pairs} lr {lr:g} step {step + 1}: "
                   f"train loss {loss.item():.3f}, "
                   f"test accuracy {scores[0]:.3f} (first queries {scores[1]:.3f})", file=sys.stderr, flush=True)
+            if args.stop_at and scores[0] >= args.stop_at:
+                break  # solved: further steps cannot raise the row, and CPU time is scarce
     acc, first_acc = accuracy(model, *test)
-    return dict(mode=mode, width=width, seq_len=seq_len, pairs=pairs, params=model.num_parameters(),
-                loss=loss.item(), accuracy=acc, first=first_acc, seconds=time.perf_counter() - start)
+    return dict(mode=mode, width=width, seq_len=seq_len, pairs=pairs, params=model.num_parameters(), lr=lr,
+                steps=step + 1, loss=loss.item(), accuracy=acc, first=first_acc,
+                state=decoding_state_floats(model, test_inputs), seconds=time.perf_counter() - start)
 
 
 def warmup_steps(args) -> int:
@@ -240,19 +323,30 @@ def parse_ints(text: str) -> list[int]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seq-lens", type=parse_ints, default=[64], metavar="S,S,...")
-    parser.add_argument("--pairs", type=parse_ints, default=[4], metavar="K,K,...",
-                        help="key-value pairs, matched one-to-one with --seq-lens unless --grid")
+    parser.add_argument("--task", choices=["zoology", "slots"], default="zoology",
+                        help="zoology: Zoology's MQAR (vocabulary --vocab, one power-law-placed query per key; "
+                             "default); slots: the CPU variant of issue 4 (vocabulary 256, queries in every slot)")
+    parser.add_argument("--vocab", type=int, default=8192, help="vocabulary of the zoology task")
+    parser.add_argument("--seq-lens", type=parse_ints, default=None, metavar="S,S,...",
+                        help="default: 64,128,256 (zoology), 64 (slots)")
+    parser.add_argument("--pairs", type=parse_ints, default=None, metavar="K,K,...",
+                        help="key-value pairs, matched one-to-one with --seq-lens unless --grid; default: "
+                             "4,8,16 (zoology), 4 (slots)")
     parser.add_argument("--grid", action="store_true", help="run every seq_len x pairs combination")
     parser.add_argument("--queries", type=int, default=None, metavar="Q",
                         help="queries per sequence (default: every two-token slot after the pairs; "
                              "--queries equal to the pairs is Zoology's one query per key)")
-    parser.add_argument("--widths", type=parse_ints, default=[64, 128], metavar="D,D,...")
+    parser.add_argument("--widths", type=parse_ints, default=None, metavar="D,D,...",
+                        help="default: 64,128,256 (zoology), 64,128 (slots)")
     parser.add_argument("--modes", type=lambda text: text.split(","), default=list(DEFAULT_MODES), metavar="M,M,...",
-                        help=f"any of {', '.join(MODES)}")
+                        help=f"any of {', '.join(ALL_MODES)}")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lrs", type=lambda text: [float(x) for x in text.split(",")], default=None,
+                        metavar="LR,LR,...", help="learning rates swept per cell, the best kept; default: "
+                        "Zoology's 1e-4,4.6e-4,2.2e-3,1e-2 (zoology), 1e-3 (slots)")
+    parser.add_argument("--stop-at", type=float, default=0.0, metavar="ACC",
+                        help="stop a run early once its test accuracy at a --log-every check reaches ACC")
     parser.add_argument("--warmup", type=int, default=40, help="linear warm-up steps (at most steps / 5)")
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--init", choices=["torch", "package"], default="torch",
@@ -261,6 +355,9 @@ def main(argv=None) -> int:
                              "included, got past guessing among the values in context (accuracy 1/K) within 2,000 "
                              "steps at seq 64")
     parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--tie", action=argparse.BooleanOptionalAction, default=None,
+                        help="tie the LM head to the token embeddings (default: on for zoology, where an untied "
+                             "softmax model stayed at loss ~ln(4096) for 500 steps at seq 64, off for slots)")
     parser.add_argument("--content-mix", type=float, default=0.5, help="content_mix of the prefix-content mode")
     parser.add_argument("--content-rank", type=int, default=16, help="content_rank of the prefix-content mode")
     parser.add_argument("--test-size", type=int, default=256, help="held-out sequences")
@@ -272,12 +369,18 @@ def main(argv=None) -> int:
                         help="one tiny configuration (seq 32, 2 pairs, width 32, 3 steps) of every mode given "
                              "(default: the default modes), to check the script runs")
     args = parser.parse_args(argv)
+    zoology = args.task == "zoology"
+    args.seq_lens = args.seq_lens or ([64, 128, 256] if zoology else [64])
+    args.pairs = args.pairs or ([4, 8, 16] if zoology else [4])
+    args.widths = args.widths or ([64, 128, 256] if zoology else [64, 128])
+    args.lrs = args.lrs or (ZOOLOGY_LRS if zoology else [1e-3])
+    args.tie = zoology if args.tie is None else args.tie
     if args.smoke:
         args.seq_lens, args.pairs, args.widths, args.grid = [32], [2], [32], False
-        args.steps, args.batch, args.test_size = 3, 4, 8
-    unknown = sorted(set(args.modes) - set(MODES))
+        args.steps, args.batch, args.test_size, args.lrs, args.vocab = 3, 4, 8, args.lrs[:1], 64
+    unknown = sorted(set(args.modes) - set(ALL_MODES))
     if unknown:
-        parser.error(f"unknown modes {unknown}; choose from {', '.join(MODES)}")
+        parser.error(f"unknown modes {unknown}; choose from {', '.join(ALL_MODES)}")
     if args.grid:
         settings = [(s, k) for s in args.seq_lens for k in args.pairs if s >= 4 * k]
     elif len(args.seq_lens) != len(args.pairs):
@@ -293,27 +396,41 @@ def main(argv=None) -> int:
     for width in args.widths:
         for seq_len, pairs in settings:
             for mode in args.modes:
-                row = run_one(mode, width, seq_len, pairs, args)
-                rows.append(row)
-                print(f"  {mode} width {width} seq {seq_len} pairs {pairs}: accuracy {row['accuracy']:.3f} "
-                      f"(first queries {row['first']:.3f}), "
-                      f"final train loss {row['loss']:.3f}, {row['seconds']:.1f} s", file=sys.stderr, flush=True)
+                sweep = []
+                for lr in args.lrs:
+                    sweep.append(run_one(mode, width, seq_len, pairs, args, lr))
+                    row = sweep[-1]
+                    print(f"  {mode} width {width} seq {seq_len} pairs {pairs} lr {lr:g}: accuracy "
+                          f"{row['accuracy']:.3f} (first queries {row['first']:.3f}), final train loss "
+                          f"{row['loss']:.3f}, {row['steps']} steps, {row['seconds']:.1f} s", file=sys.stderr, flush=True)
+                best = max(sweep, key=lambda r: r["accuracy"])
+                rows.append(dict(best, sweep=", ".join(f"{r['lr']:g}: {r['accuracy']:.3f}" for r in sweep)))
     total = time.perf_counter() - began
 
-    queries = "every slot after the pairs" if args.queries is None else f"{args.queries} per sequence"
-    print(f"\nMQAR, vocabulary {VOCAB} (keys 1-127, values 128-255, filler 0), queries: {queries}; 2 layers, "
-          f"{args.heads} heads, {args.init} init of Linear/Embedding; {args.steps} steps x batch {args.batch}, "
-          f"AdamW lr {args.lr:g} (warm-up {warmup_steps(args)} steps, weight decay {args.weight_decay:g}, clip 1), "
+    if zoology:
+        task = (f"Zoology MQAR, vocabulary {args.vocab} (keys from the first half, values from the second, filler 0), "
+                "one query per key at power-law gaps (a = 0.01)")
+    else:
+        queries = "every slot after the pairs" if args.queries is None else f"{args.queries} per sequence"
+        task = f"MQAR slots, vocabulary {VOCAB} (keys 1-127, values 128-255, filler 0), queries: {queries}"
+    print(f"\n{task}; 2 layers, "
+          f"{args.heads} heads, {args.init} init of Linear/Embedding, {'tied' if args.tie else 'untied'} embeddings; up to {args.steps} steps x batch {args.batch}"
+          f"{f' (stopping at test accuracy {args.stop_at:g})' if args.stop_at else ''}, "
+          f"AdamW at the best of lr {', '.join(f'{lr:g}' for lr in args.lrs)} "
+          f"(warm-up {warmup_steps(args)} steps, weight decay {args.weight_decay:g}, clip 1), "
           f"seed {args.seed}. Accuracy over the queries of {args.test_size} held-out sequences; first-query accuracy "
           "over each key's first query (answer only in the pairs). "
           f"prefix-content: content_mix {args.content_mix:g}, learned, rank {args.content_rank}; prefix and static: "
-          "the cpu-tiny preset's content path (content_mix 0.15, rank 4).\n")
-    print("| mode | width | seq_len | pairs | parameters | test accuracy | first-query accuracy | final train loss "
-          "| wall time |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "the cpu-tiny preset's content path (content_mix 0.15, rank 4); the recall modes: content rank "
+          f"{args.content_rank}, options in bench/mqar.py RECALL_MODES. Decoding state: floats the cache holds "
+          "after one full-length sequence, all layers.\n")
+    print("| mode | width | seq_len | pairs | parameters | test accuracy | first-query accuracy | best lr | steps "
+          "| decoding state (floats) | accuracy per lr | wall time |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} | {r['width']} | {r['seq_len']} | {r['pairs']} | {r['params']:,} | "
-              f"{r['accuracy']:.3f} | {r['first']:.3f} | {r['loss']:.3f} | {r['seconds']:.1f} s |")
+              f"{r['accuracy']:.3f} | {r['first']:.3f} | {r['lr']:g} | {r['steps']} | {r['state']:,} | {r['sweep']} "
+              f"| {r['seconds']:.1f} s |")
     print(f"\nTotal wall time: {total:.0f} s ({total / 60:.1f} min).")
     return 0
 

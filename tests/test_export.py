@@ -60,7 +60,7 @@ def test_remote_code_holds_every_module_the_model_needs_and_no_internal_import()
             assert all(not alias.name.startswith("wavedensity") for alias in node.names), ast.unparse(node)
     modules = {m.name for m in collect_modules(MODEL_ENTRY_POINTS)}
     needed = {"wavedensity.ops.waves", "wavedensity.ops.routing", "wavedensity.ops.toeplitz", "wavedensity.ops.content",
-              "wavedensity.layers.cache", "wavedensity.layers.wave_attention", "wavedensity.layers.softmax_attention",
+              "wavedensity.layers.cache", "wavedensity.layers.content", "wavedensity.layers.wave_attention", "wavedensity.layers.softmax_attention",
               "wavedensity.layers.block", "wavedensity.models.configuration", "wavedensity.models.modeling"}
     assert needed <= modules
     # every definition is copied verbatim but for its internal imports: the package's code of this version

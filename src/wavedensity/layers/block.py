@@ -13,10 +13,11 @@ class WDABlock(GradientCheckpointingLayer):
     """``x = LN_attn(x + mixer(x)); x = LN_ffn(x + FFN(x))``; with ``use_ffn=False`` (the transplant)
     only the first half runs, and ``block(x) - x`` is the attention-shaped delta."""
 
-    def __init__(self, config):
+    def __init__(self, config, layer_idx: int = 0):
         super().__init__()
         d = config.embed_dim
-        self.mixer = WaveDensityAttention(config) if config.mixer == "wda" else SoftmaxAttention(config)
+        mixer = config.layer_mixers()[layer_idx]  # per layer in a hybrid stack (mixer_types)
+        self.mixer = WaveDensityAttention(config) if mixer == "wda" else SoftmaxAttention(config)
         self.ln_attn = nn.LayerNorm(d, eps=config.layer_norm_eps)
         if config.use_ffn:
             hidden = config.ffn_mult * d

@@ -16,10 +16,8 @@ from transformers import initialization as init
 from ..ops import (
     causal_conv_dense,
     causal_conv_fft,
-    causal_linear_attention,
     compute_dtype,
     density,
-    feature_map,
     gate_weights,
     gaussian_window,
     mixed_conv_fft,
@@ -29,6 +27,7 @@ from ..ops import (
     wave_masks,
 )
 from .cache import WDALayerState
+from .content import ContentPath
 
 # One kernel per sequence: up to this length (per device type) the dense Toeplitz product beats the
 # FFT. CPU: measured by bench/toeplitz_paths.py (docs/benchmarks.md). CUDA: an estimate (batched
@@ -150,6 +149,8 @@ class WaveDensityAttention(nn.Module):
             self.content_q_proj = nn.Linear(d, h * self.content_rank, bias=False)
             self.content_k_proj = nn.Linear(d, h * self.content_rank, bias=False)
         self._fixed_content: tuple[torch.Tensor, torch.Tensor] | None = None
+        # the content-path options; with the defaults it has no parameters (release state dicts load as before)
+        self.content = ContentPath(config) if self.content_mix > 0 else None
         if self.routing == "pooled":
             warnings.warn(
                 "routing='pooled' is the release's semantics: every position routes on the mean of the whole "
@@ -311,29 +312,29 @@ class WaveDensityAttention(nn.Module):
         if state is not None and state.get("u") is not None and state.get("u").shape[0] != b:
             raise ValueError(f"cache holds batch {state.get('u').shape[0]} but the input has batch {b}")
         dtype = compute_dtype(x.dtype)
+        # content_mix 1: the content path is the whole mixer; the wave path would be weighted by 0, so it is
+        # skipped (and its decoding state, which grows with the context, is never kept)
+        waves = self.content_mix < 1
 
         # views of one matmul: values, modulators, then (prefix / pooled) the routing MLPs' inputs
         v, q_mod, k_mod, *routing_in = self.in_proj(x).split(self.split_sizes, dim=-1)
         v = v.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, S, Dh]
         q_gate = torch.sigmoid(q_mod).transpose(1, 2).unsqueeze(-1)  # [B, H, S, 1]
-        k_gate = torch.sigmoid(k_mod).transpose(1, 2).unsqueeze(-1)
-        u = torch.cat([k_gate, k_gate * v], dim=-1).to(dtype)  # [B, H, S, 1 + Dh]
-        if state is not None:
-            u = state.append("u", u, self.seq_len)  # all offset + S positions
-
-        weights = self.routing_weights(x, state, *routing_in)
+        if waves:
+            k_gate = torch.sigmoid(k_mod).transpose(1, 2).unsqueeze(-1)
+            u = torch.cat([k_gate, k_gate * v], dim=-1).to(dtype)  # [B, H, S, 1 + Dh]
+            if state is not None:
+                u = state.append("u", u, self.seq_len)  # all offset + S positions
+            weights = self.routing_weights(x, state, *routing_in)
         # Kernels, Toeplitz products and the content path run in float32 even under bf16 autocast.
         with torch.autocast(x.device.type, enabled=False):
-            o = self.apply_kernels(weights, u, offset, state)
-            ctx = o[..., 1:] / (o[..., :1] + 1e-8)
-            if self.content_mix > 0:
+            if waves:
+                o = self.apply_kernels(weights, u, offset, state)
+                ctx = o[..., 1:] / (o[..., :1] + 1e-8)
+            if self.content is not None:
                 q_feat, k_feat = self.content_features(x)
-                previous = None if state is None or state.get("content_kv") is None else (
-                    state.get("content_kv"), state.get("content_k_sum"))
-                content, (kv, k_sum) = causal_linear_attention(feature_map(q_feat), feature_map(k_feat), v, previous)
-                ctx = (1 - self.content_mix) * ctx + self.content_mix * content
-                if state is not None:
-                    state.set(content_kv=kv, content_k_sum=k_sum)
+                content = self.content(x, q_feat, k_feat, v, state)
+                ctx = content if not waves else (1 - self.content_mix) * ctx + self.content_mix * content
 
         if state is not None:
             state.length += s

@@ -5,6 +5,7 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import GenerationConfig, PreTrainedConfig
 
+from ..ops.content import FEATURE_MAPS
 from ..ops.routing import GATE_MODES
 
 ROUTING_MODES = ("prefix", "pooled", "static")
@@ -51,6 +52,19 @@ class WDAConfig(PreTrainedConfig):
             under ``prefix`` routing M causal convolutions mixed per token, O(S log S) by FFT).
 
     Unknown keyword arguments are refused by name (``PreTrainedConfig``'s own keywords pass).
+
+    Content-path options (issue 15; ``content_rank`` sets the query/key rank, ``content_mix`` its share,
+    ``content_mix=1`` makes it the whole mixer and skips the wave path):
+        content_feature_map: ``"elu"`` (the release's ``elu + 1``), ``"taylor"`` (Based's second-order
+            Taylor map, width ``1 + R + R^2``), ``"hedgehog"`` (learned softmax-mimicking map, width ``2R``).
+        content_conv: kernel size of a short causal depthwise convolution on the path's q, k, v (0: off).
+        content_normalize: divide by the sum of the linear-attention weights (the release) or not.
+        content_value_proj: the path's values from their own projection instead of the layer's ``v_proj``.
+        sliding_window: ``w > 0`` adds a softmax over the last ``w`` tokens, sharing one normaliser with the
+            linear terms of older tokens that a learned per-head factor weighs (LoLCATs).
+
+    Hybrid stacks: ``mixer_types`` lists ``"wda"`` or ``"softmax"`` per layer (default: ``mixer`` in
+    every layer); ``softmax_window`` > 0 limits softmax layers to the last that many tokens.
     """
 
     model_type = "wavedensity"
@@ -96,6 +110,14 @@ class WDAConfig(PreTrainedConfig):
     tiled_block: int = 256
     kernel_mix: str = "logit"
 
+    content_feature_map: str = "elu"
+    content_conv: int = 0
+    content_normalize: bool = True
+    content_value_proj: bool = False
+    sliding_window: int = 0
+    mixer_types: list[str] | None = None
+    softmax_window: int = 0
+
     use_cache: bool = True
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -133,6 +155,28 @@ class WDAConfig(PreTrainedConfig):
             raise ValueError(f"content_mix={self.content_mix} must lie in [0, 1]")
         if self.content_mix > 0 and self.content_rank < 1:
             raise ValueError("content_mix > 0 needs content_rank >= 1")
+        self.validate_recall_options()
+
+    def validate_recall_options(self):
+        """The content-path options and hybrid stacks of issue 15."""
+        if self.content_feature_map not in FEATURE_MAPS:
+            raise ValueError(f"WDAConfig.content_feature_map={self.content_feature_map!r} is not one of {FEATURE_MAPS}")
+        for name in ("content_conv", "sliding_window", "softmax_window"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"WDAConfig.{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        if self.sliding_window > 0 and not self.content_normalize:
+            raise ValueError("sliding_window > 0 shares one normaliser with the linear terms; it needs "
+                             "content_normalize=True")
+        if self.mixer_types is not None:
+            if len(self.mixer_types) != self.num_layers:
+                raise ValueError(f"mixer_types has {len(self.mixer_types)} entries for num_layers={self.num_layers}")
+            unknown = sorted(set(self.mixer_types) - set(MIXERS))
+            if unknown:
+                raise ValueError(f"WDAConfig.mixer_types holds {unknown}; each must be one of {MIXERS}")
+
+    def layer_mixers(self) -> list[str]:
+        """The mixer of every layer: ``mixer_types``, or ``mixer`` everywhere."""
+        return list(self.mixer_types) if self.mixer_types is not None else [self.mixer] * self.num_layers
 
     def validate_values(self):
         """Part of ``@strict`` validation: every remaining number lies where the layer means something."""

@@ -79,7 +79,7 @@ class WDAModel(WDAPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.embed_dim)
         self.pos_emb = nn.Parameter(torch.zeros(1, config.seq_len, config.embed_dim))
-        self.layers = nn.ModuleList([WDABlock(config) for _ in range(config.num_layers)])
+        self.layers = nn.ModuleList([WDABlock(config, index) for index in range(config.num_layers)])
         self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
@@ -161,7 +161,7 @@ class WDAModel(WDAPreTrainedModel):
             positions = self.pos_emb[0, position_ids]
         hidden = inputs_embeds + positions
 
-        pooled_replay = cache is not None and self.config.mixer == "wda" and self.config.routing == "pooled"
+        pooled_replay = cache is not None and "wda" in self.config.layer_mixers() and self.config.routing == "pooled"
         if pooled_replay:
             # Pooled routing is not causal: every new token changes all earlier hidden states, so there
             # is nothing to carry but the embeddings. Re-run the whole window (what the release does).

@@ -319,8 +319,9 @@ def _train(config: TrainConfig, run_dir: Path, runtime, *, resume: bool, progres
             block.compile()
     # the released gate passes no gradient to its MLPs, which DDP must be told
     # the released gate passes no gradient to its MLPs, and learned content projections idle at content_mix 0
-    wda = model.config.mixer == "wda"
-    no_gradient = wda and (model.config.gate == "release" or (
+    # (and the wave path idles at content_mix 1)
+    wda = "wda" in model.config.layer_mixers()
+    no_gradient = wda and (model.config.gate == "release" or model.config.content_mix == 1 or (
         model.config.content_mix == 0 and model.config.learned_content and model.config.content_rank > 0))
     trained = distributed.wrap_model(model, runtime, config.distributed, blocks=model.model.layers,
                                      find_unused_parameters=no_gradient)
