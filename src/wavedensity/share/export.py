@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 import transformers
 
-from .. import __version__
-from ..cli import model_rows
 from ..data import check_tokenizer_fits
 from ..jsonfile import read_json
+from ..models.summary import model_rows
+from ..version import __version__
 from .card import RunRecord, model_card
 from .remote_code import PACKAGE, build_remote_code
 
