@@ -22,7 +22,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "src" / "wavedensity"
 # Lowest first. A module's layer is that of the longest name here that it equals or lies under;
 # "wavedensity" itself (the package facade, re-exporting the public API) sits on top.
 LAYERS = (
-    ("wavedensity.version", "wavedensity.jsonfile", "wavedensity.configfile"),  # plain helpers: import nothing of ours
+    # plain helpers: import nothing of ours
+    ("wavedensity.version", "wavedensity.jsonfile", "wavedensity.configfile", "wavedensity.progress"),
     ("wavedensity.ops",),
     ("wavedensity.layers",),
     ("wavedensity.models",),

@@ -18,6 +18,7 @@ import torch
 from .data import has_saved_tokenizer
 from .generation import load_model
 from .models.summary import model_rows
+from .progress import progress_bar
 from .share.commands import register_share_commands
 from .train.config import DISTRIBUTED_STRATEGIES
 from .transplant.cli import add_transplant_commands
@@ -107,8 +108,13 @@ def cmd_convert_release(args) -> int:
     source, target = Path(args.release), Path(args.out)
     if target.resolve() == source.resolve():
         raise CLIError("--out must differ from --release: saving there would overwrite the release's files")
-    model = load_model(args.release, release=True)
-    model.save_pretrained(target)
+    with progress_bar(total=2, desc="convert-release", unit="phase") as bar:
+        bar.set_postfix_str("read and convert")
+        model = load_model(args.release, release=True)
+        bar.update()
+        bar.set_postfix_str(f"save to {target}")
+        model.save_pretrained(target)
+        bar.update()
     print(f"wrote {target} (Hugging Face format; routing={model.config.routing}, gate={model.config.gate}: "
           f"the release's semantics, which read future tokens; load with routing='prefix' for a causal model)")
     return 0
@@ -166,7 +172,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def evaluation_report(model_dir: str, data: str, max_windows: int | None) -> dict:
+def evaluation_report(model_dir: str, data: str, max_windows: int | None, progress: bool = False) -> dict:
     """Loss, perplexity and bits per byte of a saved model on DATA; pooled models get both numbers."""
     from .data import eval_blocks, read_examples, tokenize_examples
     from .eval import evaluate
@@ -178,15 +184,17 @@ def evaluation_report(model_dir: str, data: str, max_windows: int | None) -> dic
     report = {"model": model_dir, "data": data, "routing": model.config.routing, "mixer": model.config.mixer}
     causal = model.config.mixer == "softmax" or model.config.routing != "pooled"
     if causal:
-        report["causal"] = evaluate(model, windows, max_windows=max_windows)
+        report["causal"] = evaluate(model, windows, max_windows=max_windows, progress=progress)
     else:
-        report["teacher_forced_not_causal"] = evaluate(model, windows, max_windows=max_windows)
-        report["per_prefix_honest"] = evaluate(model, windows, per_prefix=True, max_windows=max_windows)
+        report["teacher_forced_not_causal"] = evaluate(model, windows, max_windows=max_windows, progress=progress,
+                                                       desc="eval teacher-forced")
+        report["per_prefix_honest"] = evaluate(model, windows, per_prefix=True, max_windows=max_windows,
+                                               progress=progress, desc="eval per-prefix")
     return report
 
 
 def cmd_eval(args) -> int:
-    report = evaluation_report(args.model, args.data, args.max_windows)
+    report = evaluation_report(args.model, args.data, args.max_windows, progress=not args.json)
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
