@@ -270,7 +270,7 @@ def test_config_refuses_unknown_keys_by_name():
         TransplantConfig.from_dict(minimal_config(distill={"weights": 1}))
     with pytest.raises(ConfigError, match=r"datasets\[0\]: unknown keys \['column'\]"):
         TransplantConfig.from_dict(minimal_config(datasets=[{"kind": "local_jsonl", "path": "x", "column": "t"}]))
-    with pytest.raises(ConfigError, match="lr has the wrong type"):
+    with pytest.raises(ConfigError, match="lr must be a number, got 'fast'"):
         TransplantConfig.from_dict(minimal_config(lr="fast"))
 
 

@@ -13,6 +13,7 @@ from .models import (
            preset_config,
 )
 from .transplant import WDATransplantConfig, WDATransplantForCausalLM
+from .version import __version__
 
 AutoConfig.register(WDAConfig.model_type, WDAConfig, exist_ok=True)
 AutoModel.register(WDAConfig, WDAModel, exist_ok=True)
@@ -20,7 +21,6 @@ AutoModelForCausalLM.register(WDAConfig, WDAForCausalLM, exist_ok=True)
 AutoConfig.register(WDATransplantConfig.model_type, WDATransplantConfig, exist_ok=True)
 AutoModelForCausalLM.register(WDATransplantConfig, WDATransplantForCausalLM, exist_ok=True)
 
-__version__ = "0.1.0"
 __all__ = ["PRESETS", "WDACache", "WDAConfig", "WDAForCausalLM", "WDAModel", "WDATransplantConfig",
            "WDATransplantForCausalLM", "WaveCharLM", "WaveDensityAttention",
            "load_release", "preset_config"]

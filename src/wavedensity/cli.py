@@ -15,13 +15,15 @@ from pathlib import Path
 
 import torch
 
+from .data import has_saved_tokenizer
 from .generation import load_model
+from .models.summary import model_rows
+from .progress import progress_bar
 from .share.commands import register_share_commands
 from .train.config import DISTRIBUTED_STRATEGIES
 from .transplant.cli import add_transplant_commands
 
 DEFAULT_PROMPT_TEXT = "The quick brown fox jumps over the lazy dog."
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 class CLIError(Exception):
@@ -50,16 +52,6 @@ def one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def wave_parameter_count(model) -> int:
-    """Frequencies, amplitudes and phases of every WDA layer (0 for the softmax baseline)."""
-    mixers = [layer.mixer for layer in model.model.layers if hasattr(layer.mixer, "freqs")]
-    return sum(m.freqs.numel() + m.amps.numel() + m.phases.numel() for m in mixers)
-
-
-def parameter_count(model) -> int:
-    return sum(p.numel() for p in model.parameters())  # parameters() counts tied weights once
-
-
 # ---- prompts -------------------------------------------------------------------------------------
 
 
@@ -79,7 +71,7 @@ def prompt_ids(args, model) -> list[int]:
     if args.prompt_ids is not None:
         return parse_ids(args.prompt_ids)
     path = Path(args.model)
-    has_tokenizer = any((path / name).is_file() for name in TOKENIZER_FILES)
+    has_tokenizer = has_saved_tokenizer(path)
     if args.prompt is None and not has_tokenizer:
         return default_prompt(model.config)
     if not has_tokenizer:
@@ -116,40 +108,16 @@ def cmd_convert_release(args) -> int:
     source, target = Path(args.release), Path(args.out)
     if target.resolve() == source.resolve():
         raise CLIError("--out must differ from --release: saving there would overwrite the release's files")
-    model = load_model(args.release, release=True)
-    model.save_pretrained(target)
+    with progress_bar(total=2, desc="convert-release", unit="phase") as bar:
+        bar.set_postfix_str("read and convert")
+        model = load_model(args.release, release=True)
+        bar.update()
+        bar.set_postfix_str(f"save to {target}")
+        model.save_pretrained(target)
+        bar.update()
     print(f"wrote {target} (Hugging Face format; routing={model.config.routing}, gate={model.config.gate}: "
           f"the release's semantics, which read future tokens; load with routing='prefix' for a causal model)")
     return 0
-
-
-def gate_text(c) -> str:
-    return {
-        "topk": f"topk (top-{c.topk_masks} of {c.num_masks} masks, straight-through)",
-        "release": f"release (dense softmax over {c.num_masks} masks; the gate MLPs get no gradient)",
-        "dense": f"dense (differentiable softmax over {c.num_masks} masks)",
-    }[c.gate]
-
-
-def model_rows(model) -> list[tuple[str, object]]:
-    """(name, value) rows describing a model: its mixer, routing, shapes and parameter counts."""
-    c = model.config
-    return [
-        ("mixer", c.mixer),
-        ("routing", c.routing if c.mixer == "wda" else "n/a (softmax)"),
-        ("gate", gate_text(c) if c.mixer == "wda" else "n/a (softmax)"),
-        ("seq_len", c.seq_len),
-        ("vocab_size", c.vocab_size),
-        ("embed_dim", c.embed_dim),
-        ("layers x heads", f"{c.num_layers} x {c.num_heads} (head_dim {c.head_dim})"),
-        ("waves", f"{c.num_masks} masks x {c.num_waves_per_mask} {'sin' if c.use_sin_waves else 'triangle'} waves"),
-        ("content path", (f"mix {c.content_mix:g}, rank {c.content_rank}, "
-                          f"{'learned' if c.learned_content else 'fixed'}") if c.content_mix > 0 else "off"),
-        ("ffn", f"mult {c.ffn_mult}" if c.use_ffn else "off"),
-        ("tied embeddings", c.tie_word_embeddings),
-        ("parameters", f"{parameter_count(model):,}"),
-        ("wave parameters", f"{wave_parameter_count(model):,} (freqs + amps + phases)"),
-    ]
 
 
 def cmd_info(args) -> int:
@@ -204,7 +172,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def evaluation_report(model_dir: str, data: str, max_windows: int | None) -> dict:
+def evaluation_report(model_dir: str, data: str, max_windows: int | None, progress: bool = False) -> dict:
     """Loss, perplexity and bits per byte of a saved model on DATA; pooled models get both numbers."""
     from .data import eval_blocks, read_examples, tokenize_examples
     from .eval import evaluate
@@ -216,15 +184,17 @@ def evaluation_report(model_dir: str, data: str, max_windows: int | None) -> dic
     report = {"model": model_dir, "data": data, "routing": model.config.routing, "mixer": model.config.mixer}
     causal = model.config.mixer == "softmax" or model.config.routing != "pooled"
     if causal:
-        report["causal"] = evaluate(model, windows, max_windows=max_windows)
+        report["causal"] = evaluate(model, windows, max_windows=max_windows, progress=progress)
     else:
-        report["teacher_forced_not_causal"] = evaluate(model, windows, max_windows=max_windows)
-        report["per_prefix_honest"] = evaluate(model, windows, per_prefix=True, max_windows=max_windows)
+        report["teacher_forced_not_causal"] = evaluate(model, windows, max_windows=max_windows, progress=progress,
+                                                       desc="eval teacher-forced")
+        report["per_prefix_honest"] = evaluate(model, windows, per_prefix=True, max_windows=max_windows,
+                                               progress=progress, desc="eval per-prefix")
     return report
 
 
 def cmd_eval(args) -> int:
-    report = evaluation_report(args.model, args.data, args.max_windows)
+    report = evaluation_report(args.model, args.data, args.max_windows, progress=not args.json)
     if args.json:
         print(json.dumps(report, indent=1))
         return 0

@@ -10,6 +10,7 @@ from .sources import read_examples
 from .splits import split_train_val
 from .tokenizer import (
            check_tokenizer_fits,
+           has_saved_tokenizer,
            load_tokenizer,
            make_tokenizer,
            train_bpe_tokenizer,
@@ -17,5 +18,5 @@ from .tokenizer import (
 )
 
 __all__ = ["BlockSampler", "DataError", "Example", "Mixture", "TokenizedCorpus", "check_tokenizer_fits",
-           "default_corpus", "eval_blocks", "load_tokenizer", "make_tokenizer", "parse_hh", "read_examples",
-           "render_chat", "split_train_val", "tokenize_examples", "train_bpe_tokenizer", "train_char_tokenizer"]
+           "default_corpus", "eval_blocks", "has_saved_tokenizer", "load_tokenizer", "make_tokenizer", "parse_hh",
+           "read_examples", "render_chat", "split_train_val", "tokenize_examples", "train_bpe_tokenizer", "train_char_tokenizer"]

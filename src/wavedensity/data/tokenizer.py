@@ -14,6 +14,12 @@ from .errors import DataError, describe
 EOS = "<|endoftext|>"  # GPT-2's end-of-text token, reused so every tokenizer here ends documents alike
 UNK = "<|unk|>"
 MIN_BPE_VOCAB = 257  # the 256 byte tokens and eos
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def has_saved_tokenizer(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a tokenizer saved with ``save_pretrained`` (any of TOKENIZER_FILES)."""
+    return any((Path(directory) / name).is_file() for name in TOKENIZER_FILES)
 
 
 def load_tokenizer(path_or_name: str | Path) -> PreTrainedTokenizerFast:

@@ -10,6 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..progress import progress_bar
+
 
 def token_nats(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-token negative log-likelihood ``[B, S]`` of ``labels`` (0 where labels == -100), teacher-forced."""
@@ -50,12 +52,13 @@ def batched_windows(windows, batch_size: int, max_windows: int | None = None):
 
 @torch.no_grad()
 def evaluate(model, windows, *, per_prefix: bool = False, max_windows: int | None = None, batch_size: int = 16,
-             rank: int = 0, world_size: int = 1) -> dict:
+             rank: int = 0, world_size: int = 1, progress: bool = False, desc: str = "eval") -> dict:
     """Loss over evaluation windows ``(input_ids [S], labels [S], label_bytes [S])``.
 
     Returns loss per predicted token (nats), perplexity, bits per byte and the counts behind them.
     In a torch.distributed run (``world_size`` > 1) rank r evaluates batches r, r + world_size, ...
     and the sums are all-reduced, so every rank returns the numbers of the whole set.
+    ``progress``: a bar (``desc``) over this rank's batches with the time left (``progress.progress_bar``).
     """
     was_training = model.training
     model.eval()
@@ -67,7 +70,8 @@ def evaluate(model, windows, *, per_prefix: bool = False, max_windows: int | Non
     # Every rank runs the same number of passes (the last rounds repeat a batch and discard it):
     # a sharded (FSDP2) model gathers its parameters collectively in each pass.
     rounds = -(-len(batches) // world_size)
-    for index in range(rank, rounds * world_size, world_size):
+    for index in progress_bar(range(rank, rounds * world_size, world_size), show=progress, desc=desc, unit="batch",
+                              leave=False):
         input_ids, labels, label_bytes = batches[min(index, len(batches) - 1)]
         nats = (per_prefix_nats if per_prefix else token_nats)(model, input_ids.to(device), labels.to(device))
         if index < len(batches):

@@ -18,6 +18,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from ..layers import WaveDensityAttention, WDABlock, WDACache, fuse_input_projections, input_projection_sizes
 from ..ops.loss import linear_cross_entropy, logits_cross_entropy
 from .configuration import WDAConfig
+from .release import from_release_state_dict, read_release
 
 
 def weight_files(directory: Path) -> list[Path]:
@@ -279,6 +280,7 @@ class WDAForCausalLM(WDAPreTrainedModel, GenerationMixin):
         Returns the model with ``routing="pooled", gate="release"``, which reproduces the release's
         logits; pass e.g. ``routing="prefix"`` to run the same weights causally.
         """
-        from .release import load_release
-
-        return load_release(directory, **overrides)
+        config, release = read_release(directory, **overrides)
+        model = cls(config)
+        model.load_state_dict(from_release_state_dict(release, config, model.state_dict()), strict=True)
+        return model.eval()

@@ -1,4 +1,7 @@
-"""The released checkpoint format (docs/architecture.md §2.3): strict key conversion, ``WaveCharLM``, ``load_release``.
+"""The released checkpoint format (docs/architecture.md §2.3): strict key conversion and reading a release directory.
+
+``WDAForCausalLM.from_release`` loads through it; ``WaveCharLM`` (the released class's interface) lives in
+``wavecharlm.py``, above the model it wraps.
 
 The release stores per-head modules (``gatings.{h}``, ``mod_mlp.{h}``, ``freqs.{h}`` ...); this
 package stores them stacked over heads so no forward loops over heads. Conversion is a table of
@@ -11,13 +14,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from torch import nn
 
 from ..jsonfile import read_json
 from ..layers import fuse_input_projections, input_projection_sizes, split_input_projection
 from ..ops import gaussian_window, relative_encoding
 from .configuration import WDAConfig
-from .modeling import WDAForCausalLM
 
 RELEASE_KEYS = (
     "vocab_size", "seq_len", "embed_dim", "num_layers", "num_heads", "num_masks", "num_waves_per_mask",
@@ -84,10 +85,12 @@ def to_release_state_dict(state_dict: dict[str, torch.Tensor], config: WDAConfig
     return out
 
 
-def from_release_state_dict(release: dict[str, torch.Tensor], config: WDAConfig) -> dict[str, torch.Tensor]:
-    """The release's keys -> ours. Strict: a missing, unexpected or mis-shaped key raises, naming it."""
-    with torch.device("meta"):  # shapes only: no second copy of the weights
-        shapes = WDAForCausalLM(config).state_dict()
+def from_release_state_dict(release: dict[str, torch.Tensor], config: WDAConfig,
+                            shapes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The release's keys -> ours. Strict: a missing, unexpected or mis-shaped key raises, naming it.
+
+    ``shapes`` is the state dict of the model to load (``config``'s): its keys and shapes, not values, are read.
+    """
     expected = to_release_state_dict(shapes, config)
     missing = sorted(set(expected) - set(release))
     unexpected = sorted(set(release) - set(expected) - ({"head.weight"} if config.tie_word_embeddings else set()))
@@ -140,60 +143,9 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
 
 
-def load_release(directory, **overrides) -> WDAForCausalLM:
-    """A released directory as a ``WDAForCausalLM`` with ``routing="pooled", gate="release"`` (overridable)."""
+def read_release(directory, **overrides) -> tuple[WDAConfig, dict[str, torch.Tensor]]:
+    """A released directory's config (``routing="pooled", gate="release"``, overridable) and weights (release keys)."""
     directory = Path(directory)
     kwargs = _read_release_config(directory / "config.json")
     config = WDAConfig(**{"routing": "pooled", "gate": "release", **kwargs, **overrides})
-    model = WDAForCausalLM(config)
-    state = from_release_state_dict(read_safetensors(directory / "model.safetensors"), config)
-    model.load_state_dict(state, strict=True)
-    return model.eval()
-
-
-class WaveCharLM(nn.Module):
-    """The released class's interface: its keyword arguments, its state-dict keys, logits from ``forward``.
-
-    A thin view over ``WDAForCausalLM`` (kept in ``.lm``) with the release's semantics by default
-    (``routing="pooled", gate="release"``); ``state_dict`` / ``load_state_dict`` speak release keys.
-    """
-
-    def __init__(
-        self,
-        vocab_size: int = 50257,
-        seq_len: int = 256,
-        embed_dim: int = 768,
-        num_layers: int = 8,
-        num_heads: int = 4,
-        num_masks: int = 16,
-        num_waves_per_mask: int = 8,
-        topk_masks: int = 8,
-        attn_alpha: float = 3.0,
-        content_rank: int = 8,
-        content_mix: float = 0.15,
-        learned_content: bool = True,
-        use_sin_waves: bool = True,
-        ffn_mult: int = 4,
-        tie_embeddings: bool = False,
-        *,
-        routing: str = "pooled",
-        gate: str = "release",
-    ):
-        super().__init__()
-        kwargs = {k: v for k, v in locals().items() if k in RELEASE_KEYS}
-        self.config = WDAConfig(**kwargs, routing=routing, gate=gate)
-        self.lm = WDAForCausalLM(self.config)
-
-    def forward(self, idx: torch.LongTensor) -> torch.Tensor:
-        return self.lm(input_ids=idx, use_cache=False).logits
-
-    def state_dict(self, destination=None, prefix: str = "", keep_vars: bool = False):
-        release = to_release_state_dict(self.lm.state_dict(keep_vars=keep_vars), self.config)
-        destination = {} if destination is None else destination
-        destination.update({prefix + key: value for key, value in release.items()})
-        return destination
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        if not strict:
-            raise ValueError("release checkpoints load strictly: every key must be present and shaped as expected")
-        return self.lm.load_state_dict(from_release_state_dict(dict(state_dict), self.config), strict=True, assign=assign)
+    return config, read_safetensors(directory / "model.safetensors")

@@ -103,8 +103,7 @@ def cmd_harness(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from ..cli import TOKENIZER_FILES
-    from ..data import load_tokenizer
+    from ..data import has_saved_tokenizer, load_tokenizer
     from ..generation import load_model
     from ..jsonfile import read_json
     from .card import find_run, read_harness_results, read_run
@@ -116,7 +115,7 @@ def cmd_export(args) -> int:
         raise ExportError(f"{model_dir} is a transplanted model: `wda transplant export --adapter RUN_DIR --out OUT` "
                           "writes its self-contained export (with the distillation in the card)")
     model = load_model(model_dir)
-    if args.tokenizer is None and not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+    if args.tokenizer is None and not has_saved_tokenizer(model_dir):
         raise ExportError(f"{model_dir} holds no tokenizer; pass --tokenizer PATH (the one the model was trained with)")
     tokenizer = load_tokenizer(args.tokenizer or model_dir)
     run_dir = find_run(model_dir)

@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 import transformers
 
-from .. import __version__
-from ..cli import model_rows
 from ..data import check_tokenizer_fits
 from ..jsonfile import read_json
+from ..models.summary import model_rows
+from ..progress import progress_bar
+from ..version import __version__
 from .card import RunRecord, model_card
 from .remote_code import PACKAGE, build_remote_code
 
@@ -73,9 +74,15 @@ def write_self_contained(model, tokenizer, out_dir, card: str) -> Path:
     classes = auto_classes(model)
     modules = sorted({cls.__module__ for cls in classes.values()})
     module_name = remote_code_file(model).removesuffix(".py")
+    bar = progress_bar(total=3, desc="export", unit="phase")
+    bar.set_postfix_str("remote code")
     code = build_remote_code(modules, remote_code_header(modules))
+    bar.update()
+    bar.set_postfix_str("weights")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)  # safetensors weights and config.json, rewritten below with the auto_map
+    bar.update()
+    bar.set_postfix_str("config, tokenizer, card")
     config = copy.deepcopy(model.config)
     config.auto_map = {auto: f"{module_name}.{cls.__name__}" for auto, cls in classes.items()}
     config.save_pretrained(out)
@@ -89,6 +96,8 @@ def write_self_contained(model, tokenizer, out_dir, card: str) -> Path:
     tokenizer.save_pretrained(out)
     (out / f"{module_name}.py").write_text(code, encoding="utf-8")
     (out / "README.md").write_text(card, encoding="utf-8")
+    bar.update()
+    bar.close()
     return out
 
 
@@ -102,9 +111,13 @@ def verify_export(model, out_dir, length: int = 32, seed: int = 0) -> float:
     """
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
+    bar = progress_bar(total=2, desc="check export", unit="phase")
+    bar.set_postfix_str("load through the remote code")
     auto_map = read_json(Path(out_dir) / "config.json")["auto_map"]
     remote_class = get_class_from_dynamic_module(auto_map["AutoModelForCausalLM"], str(out_dir))
     loaded = remote_class.from_pretrained(out_dir).eval()
+    bar.update()
+    bar.set_postfix_str("compare logits")
     generator = torch.Generator().manual_seed(seed)
     vocab_size = model.config.get_text_config(decoder=True).vocab_size
     ids = torch.randint(vocab_size, (1, min(length, model.config.seq_len)), generator=generator)
@@ -112,6 +125,8 @@ def verify_export(model, out_dir, length: int = 32, seed: int = 0) -> float:
     ours = model.eval()(ids.to(device), use_cache=False).logits.float().cpu()
     model.train(was_training)
     theirs = loaded(ids, use_cache=False).logits.float()
+    bar.update()
+    bar.close()
     return float((ours - theirs).abs().max())
 
 

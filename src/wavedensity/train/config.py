@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..configfile import typed_values
 from ..jsonfile import read_json
 
 DISTRIBUTED_STRATEGIES = ("ddp", "fsdp2")  # see distributed.py
@@ -97,30 +98,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "config") -> "TrainConfig":
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where}: expected a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"{where}: unknown keys {unknown}; known keys: {sorted(known)}")
-        defaults = cls()
-        for key, value in raw.items():
-            expected = type(getattr(defaults, key))
-            if expected is tuple:
-                expected = (list, tuple)
-            elif expected is float:
-                expected = (int, float)
-            if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
-                raise ConfigError(f"{where}: {key} must be {cls._type_name(getattr(defaults, key))}, got {value!r}")
-        values = dict(raw)
-        if "betas" in values:
-            values["betas"] = tuple(values["betas"])
-        return cls(**values).validate(where)
-
-    @staticmethod
-    def _type_name(default) -> str:
-        return {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
-                dict: "an object", tuple: "a list of two numbers"}[type(default)]
+        return cls(**typed_values(cls, raw, where, ConfigError)).validate(where)
 
     @classmethod
     def from_file(cls, path) -> "TrainConfig":

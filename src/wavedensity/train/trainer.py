@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
-from tqdm.auto import tqdm
 
 from ..data import (
     BlockSampler,
@@ -35,6 +34,7 @@ from ..data import (
 from ..data.sampling import IGNORE, derive_seed
 from ..eval import evaluate, routing_health
 from ..models import WDAConfig, WDAForCausalLM, preset_config
+from ..progress import progress_bar
 from . import distributed
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .config import ConfigError, TrainConfig
@@ -344,7 +344,7 @@ def _train(config: TrainConfig, run_dir: Path, runtime, *, resume: bool, progres
         # periodic evaluations use the first windows of the validation data; the last one uses them all
         every = None if step == config.steps else config.eval_batches * config.batch_size
         result = evaluate(model, val_windows, max_windows=every, batch_size=layout.micro_batch,
-                          rank=runtime.rank, world_size=runtime.world_size)
+                          rank=runtime.rank, world_size=runtime.world_size, progress=progress, desc=f"val {step}")
         health = routing_health(model, health_ids, whole=distributed.unsharded)
         row = {"step": step, "kind": "val", **result, **health}
         metrics.write(row)
@@ -359,7 +359,7 @@ def _train(config: TrainConfig, run_dir: Path, runtime, *, resume: bool, progres
                             optimizer_state=optimizer_state)
 
     batches = distributed.ShardedBatches(sampler, layout, runtime)
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc="train")
+    bar = progress_bar(range(start, config.steps), show=progress, initial=start, total=config.steps, desc="train")
     tokens_per_step = config.batch_size * seq_len
     last_time, last_step = time.perf_counter(), start
     try:

@@ -80,7 +80,7 @@ def cmd_eval(args) -> int:
 
     config, model, tokenizer = student_for(args)
     windows = validation_windows(config, tokenizer)
-    report = compare_losses(model, windows, args.alpha, args.max_windows)
+    report = compare_losses(model, windows, args.alpha, args.max_windows, progress=not args.json)
     if args.json:
         print(json.dumps({"adapter": args.adapter, "alpha": args.alpha, **report}, indent=1))
         return 0
@@ -95,7 +95,7 @@ def cmd_swap_check(args) -> int:
 
     config, model, tokenizer = student_for(args)
     windows = validation_windows(config, tokenizer)
-    scores = swap_check(model, windows, args.alpha, args.max_windows)
+    scores = swap_check(model, windows, args.alpha, args.max_windows, progress=not args.json)
     generations = []
     for prompt in args.prompt or DEFAULT_PROMPTS:
         pair = {"prompt": prompt}

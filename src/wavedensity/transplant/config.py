@@ -5,6 +5,7 @@ refused by name. docs/transplant.md documents each key."""
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..configfile import typed_values
 from ..jsonfile import read_json
 from ..train import ConfigError, TrainConfig
 from .wrapper import LAYER_SCALES
@@ -15,10 +16,6 @@ STAGE_KEYS = {"name", "start_step", "steps", "alpha", "teacher_scale", "wda_scal
 DISTILL_KEYS = {"enabled", "targets", "mse_weight", "cosine_weight", "layer_weights"}
 DISTILL_TARGETS = ("resid_energy", "hidden")
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
-# keys whose value may also be null (JSON) besides their default's type
-NULLABLE = {"gamma_floor_start", "gamma_floor_end", "schedule", "distill"}
-# keys that take several JSON types
-UNION_TYPES = {"wda_layers": (str, list, dict)}
 
 
 @dataclass
@@ -64,7 +61,7 @@ class TransplantConfig:
     gamma_floor_start: float | None = None
     gamma_floor_end: float | None = None
     # the WDA branches
-    wda_layers: object = "all"  # "all", [indices], {"every": k, "offset": o}
+    wda_layers: str | list | dict = "all"  # "all", [indices], {"every": k, "offset": o}
     wda_num_masks: int = 16
     wda_num_waves_per_mask: int = 8
     wda_topk_masks: int = 8
@@ -229,23 +226,7 @@ class TransplantConfig:
 
     @classmethod
     def from_dict(cls, raw, where: str = "transplant config") -> "TransplantConfig":
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where}: expected a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"{where}: unknown keys {unknown}; docs/transplant.md lists the known keys")
-        defaults = cls()
-        for key, value in raw.items():
-            default = getattr(defaults, key)
-            if value is None and key in NULLABLE:
-                continue
-            expected = UNION_TYPES.get(key) or {float: (int, float), type(None): (int, float)}.get(type(default), type(default))
-            if key in ("schedule", "distill"):
-                expected = dict
-            if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
-                raise ConfigError(f"{where}: {key} has the wrong type ({value!r}; default {default!r})")
-        return cls(**raw).validate(where)
+        return cls(**typed_values(cls, raw, where, ConfigError, keys_doc="docs/transplant.md")).validate(where)
 
     @classmethod
     def from_file(cls, path) -> "TransplantConfig":

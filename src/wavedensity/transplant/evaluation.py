@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from ..eval import evaluate
 from ..eval.metrics import batched_windows
+from ..progress import progress_bar
 from .adapter import load_adapter, load_teacher, read_adapter, transplant_model
 from .config import TransplantConfig
 from .wrapper import set_mixing, teacher_mode
@@ -48,22 +49,25 @@ def validation_windows(config: TransplantConfig, tokenizer) -> list:
     return list(eval_blocks(val_corpus, config.seq_len))
 
 
-def compare_losses(model, windows, alpha: float = 1.0, max_windows: int | None = None) -> dict:
+def compare_losses(model, windows, alpha: float = 1.0, max_windows: int | None = None, progress: bool = False) -> dict:
     """Loss, perplexity and bits per byte of the teacher, the teacher-free student and the mixed model."""
     report = {}
     for mode in MODES:
         set_mode(model, mode, alpha)
-        report[{"wda": "teacher_free"}.get(mode, mode)] = evaluate(model, windows, max_windows=max_windows)
+        report[{"wda": "teacher_free"}.get(mode, mode)] = evaluate(model, windows, max_windows=max_windows,
+                                                                   progress=progress, desc=f"eval {mode}")
     return report
 
 
 @torch.no_grad()
-def swap_check(model, windows, alpha: float = 1.0, max_windows: int | None = None, batch_size: int = 16) -> dict:
+def swap_check(model, windows, alpha: float = 1.0, max_windows: int | None = None, batch_size: int = 16,
+               progress: bool = False) -> dict:
     """How well the teacher-free student stands in for the teacher on held-out tokens: the fraction of
     positions whose top-1 token agrees, and the mean KL(teacher || student) per token (nats)."""
     agree, kl_total, tokens = 0, 0.0, 0
     device = next(model.parameters()).device
-    for input_ids, labels, _ in batched_windows(windows, batch_size, max_windows):
+    batches = list(batched_windows(windows, batch_size, max_windows))
+    for input_ids, labels, _ in progress_bar(batches, show=progress, desc="swap-check", unit="batch", leave=False):
         input_ids, mask = input_ids.to(device), (labels != -100).to(device)
         with teacher_mode(model):
             teacher = model(input_ids, use_cache=False).logits.float()

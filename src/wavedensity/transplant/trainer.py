@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data import BlockSampler, Mixture, check_tokenizer_fits, eval_blocks
 from ..data.sampling import IGNORE
 from ..eval import evaluate
 from ..ops.loss import logits_cross_entropy
+from ..progress import progress_bar
 from ..train import ConfigError, distributed
 from ..train.checkpoint import save_checkpoint
 from ..train.trainer import (
@@ -200,11 +200,13 @@ def _train_transplant(config: TransplantConfig, run_dir: Path, runtime, *, resum
 
     def validate(step: int) -> dict:
         every = None if step == config.steps else config.eval_batches * config.micro_batch_size
-        shards = dict(batch_size=config.micro_batch_size, rank=runtime.rank, world_size=runtime.world_size)
+        shards = dict(batch_size=config.micro_batch_size, rank=runtime.rank, world_size=runtime.world_size,
+                      progress=progress)
         if every not in teacher_val:  # the teacher does not change: evaluate it once per window count
             with teacher_mode(model):
-                teacher_val[every] = evaluate(model, val_windows, max_windows=every, **shards)
-        result = evaluate(model, val_windows, max_windows=every, **shards)
+                teacher_val[every] = evaluate(model, val_windows, max_windows=every, desc=f"val {step} teacher",
+                                              **shards)
+        result = evaluate(model, val_windows, max_windows=every, desc=f"val {step} student", **shards)
         set_training_mode(model, config.gradient_checkpointing)  # evaluate() leaves the model in eval mode
         row = {"step": step, "kind": "val", **result, "teacher_loss": teacher_val[every]["loss"],
                **{k: v for k, v in vars(mixing_at(step - 1, config)).items() if v is not None}}
@@ -224,7 +226,7 @@ def _train_transplant(config: TransplantConfig, run_dir: Path, runtime, *, resum
 
     tokens_per_step = layout.batch_size * config.seq_len
     batches = distributed.ShardedBatches(sampler, layout, runtime)
-    bar = tqdm(range(start, end), initial=start, total=end, disable=not progress, desc="transplant")
+    bar = progress_bar(range(start, end), show=progress, initial=start, total=end, desc="transplant")
     last_time, last_step = time.perf_counter(), start
     try:
         for step in bar:
