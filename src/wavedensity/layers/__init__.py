@@ -3,6 +3,7 @@
 from .block import WDABlock
 from .cache import WDACache, WDALayerState
 from .softmax_attention import SoftmaxAttention
+from .torch_defaults import torch_default_init_
 from .wave_attention import (
     NonCausalRoutingWarning,
     WaveDensityAttention,
@@ -17,4 +18,5 @@ __all__ = [
     "WDALayerState",
     "WaveDensityAttention",
     "fixed_content_matrices",
+    "torch_default_init_",
 ]

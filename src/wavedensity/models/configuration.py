@@ -8,6 +8,7 @@ from ..ops.routing import GATE_MODES
 ROUTING_MODES = ("prefix", "pooled", "static")
 MIXERS = ("wda", "softmax")
 TOEPLITZ_PATHS = ("auto", "fft", "dense", "tiled")
+INIT_SCHEMES = ("release", "normal")
 
 
 @strict
@@ -30,6 +31,11 @@ class WDAConfig(PreTrainedConfig):
             ``"tiled"`` (per-position kernels of ``prefix``); ``tiled_block`` sets the tile rows.
         use_sampling, num_samples, noise_sigma, step_alpha: the stochastic-threshold density.
         gate_hidden, scale_rank: widths of the per-head gate MLP (128) and mask-scaling output (8).
+        init: ``"normal"`` (every Linear and Embedding ``N(0, initializer_range)``, the Hugging Face
+            convention) or ``"release"`` (the release's: PyTorch's defaults, i.e. kaiming-uniform Linear
+            weights and uniform biases, ``N(0, 1)`` token embeddings, zero position embeddings, and the
+            wave and mask-scaling draws both schemes share). Used when weights are created, never on
+            tensors loaded from a checkpoint.
     """
 
     model_type = "wavedensity"
@@ -67,6 +73,7 @@ class WDAConfig(PreTrainedConfig):
     use_ffn: bool = True
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
+    init: str = "normal"
 
     routing: str = "prefix"
     gate: str = "topk"
@@ -81,7 +88,8 @@ class WDAConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         """Part of ``@strict`` validation: reject impossible shapes and unknown modes by name."""
-        choices = {"routing": ROUTING_MODES, "gate": GATE_MODES, "mixer": MIXERS, "toeplitz_path": TOEPLITZ_PATHS}
+        choices = {"routing": ROUTING_MODES, "gate": GATE_MODES, "mixer": MIXERS, "toeplitz_path": TOEPLITZ_PATHS,
+                   "init": INIT_SCHEMES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"WDAConfig.{name}={getattr(self, name)!r} is not one of {allowed}")
