@@ -112,8 +112,8 @@ def shakespeare(args) -> None:
     seconds = step_seconds(base, vocab, args.rounds)
     reference = next(iter(VARIANTS))
     rows, curves = [], {}
-    for init in init_overrides(args):
-        for name, overrides in VARIANTS.items():
+    for name, overrides in VARIANTS.items():
+        for init in init_overrides(args):
             steps = args.steps if args.budget == "steps" else round(args.steps * seconds[reference] / seconds[name])
             config = TrainConfig.from_dict({**base.to_dict(), "steps": max(steps, 1), "model": {**overrides, **init}})
             out = Path(args.out) / (f"shakespeare-{args.preset}-{label(name, init).replace(', init ', '-')}-"
@@ -143,8 +143,8 @@ def embedded_bpe(args) -> None:
     if missing:
         sys.exit(f"skipped: {missing} not found")
     rows = []
-    for init in init_overrides(args):
-        for variant, overrides in VARIANTS.items():
+    for variant, overrides in VARIANTS.items():
+        for init in init_overrides(args):
             values = {**preset_train_config(args.preset).to_dict(), "data": ["embedded"],
                       "tokenizer": f"bpe:{args.vocab}", "steps": args.steps, "seed": args.seed,
                       "model": {**overrides, **init}}
