@@ -5,7 +5,9 @@ Run:
     python -m bench.quality embedded-bpe [--steps N] [--out runs/bench]  # BPE on the embedded corpus,
                                                                           # evaluated on WikiText-2 and C4
 ``shakespeare`` trains WDA (``prefix`` and ``static`` routing) and the softmax baseline on
-tinyshakespeare, character level. ``--budget steps`` gives every variant N steps; ``--budget time``
+tinyshakespeare, character level; ``embedded-bpe`` the same variants on the embedded corpus.
+``--inits release,normal`` repeats every variant under each initialisation (``WDAConfig.init``),
+same batches and seed. ``--budget steps`` gives every variant N steps; ``--budget time``
 gives WDA ``prefix`` N steps and the others as many steps as fit in the same compute time, from step
 times measured side by side in this process before training (wall times of the runs themselves
 are not used: other jobs may share the CPU). Validation curves of all runs go into one plot.
@@ -41,8 +43,6 @@ VARIANTS = {  # name: model overrides; the first is the reference of an equal-ti
     "wda static": {"mixer": "wda", "routing": "static"},
     "softmax": {"mixer": "softmax"},
 }
-BPE_VARIANTS = {"wda": {"mixer": "wda"}, "wda density": {"mixer": "wda", "kernel_mix": "density"},
-                "softmax": {"mixer": "softmax"}}
 
 
 def run(config: TrainConfig, out: Path) -> tuple[dict, float]:
@@ -94,6 +94,15 @@ def plot_curves(runs: dict[str, tuple[Path, float]], path: Path, title: str) -> 
     plt.close(fig)
 
 
+def init_overrides(args) -> list[dict]:
+    """Model overrides of each initialisation asked for (``--inits``); none asked: the config's default."""
+    return [{"init": init} for init in args.inits] if args.inits else [{}]
+
+
+def label(name: str, init: dict) -> str:
+    return f"{name}, init {init['init']}" if init else name
+
+
 def shakespeare(args) -> None:
     data = SHARED / "tinyshakespeare" / "input.txt"
     if not data.is_file():
@@ -105,13 +114,15 @@ def shakespeare(args) -> None:
     reference = next(iter(VARIANTS))
     rows, curves = [], {}
     for name, overrides in VARIANTS.items():
-        steps = args.steps if args.budget == "steps" else round(args.steps * seconds[reference] / seconds[name])
-        config = TrainConfig.from_dict({**base.to_dict(), "steps": max(steps, 1), "model": overrides})
-        out = Path(args.out) / f"shakespeare-{args.preset}-{name.replace(' ', '-')}-{config.steps}-s{args.seed}"
-        result, wall = run(config, out)
-        params = load_model_and_tokenizer(out / "final")[0].num_parameters()
-        rows.append((name, params, config.steps, seconds[name], result, wall))
-        curves[f"{name} ({config.steps} steps)"] = (out, seconds[name])
+        for init in init_overrides(args):
+            steps = args.steps if args.budget == "steps" else round(args.steps * seconds[reference] / seconds[name])
+            config = TrainConfig.from_dict({**base.to_dict(), "steps": max(steps, 1), "model": {**overrides, **init}})
+            out = Path(args.out) / (f"shakespeare-{args.preset}-{label(name, init).replace(', init ', '-')}-"
+                                    f"{config.steps}-s{args.seed}").replace(" ", "-")
+            result, wall = run(config, out)
+            params = load_model_and_tokenizer(out / "final")[0].num_parameters()
+            rows.append((label(name, init), params, config.steps, seconds[name], result, wall))
+            curves[f"{label(name, init)} ({config.steps} steps)"] = (out, seconds[name])
     plot = Path(args.plot or Path(args.out) / f"shakespeare-{args.preset}-{args.budget}-{args.steps}-s{args.seed}.png")
     plot_curves(curves, plot, f"tinyshakespeare (char), {args.preset}, equal {args.budget}, seed {args.seed}")
     print(header(args))
@@ -133,27 +144,31 @@ def embedded_bpe(args) -> None:
     if missing:
         sys.exit(f"skipped: {missing} not found")
     rows = []
-    for mixer in args.bpe_variants.split(","):
-        values = {**preset_train_config(args.preset).to_dict(), "data": ["embedded"], "tokenizer": f"bpe:{args.vocab}",
-                  "steps": args.steps, "seed": args.seed, "model": BPE_VARIANTS[mixer]}
-        config = TrainConfig.from_dict(values)
-        out = Path(args.out) / f"embedded-bpe{args.vocab}-{mixer.replace(' ', '-')}-{args.steps}-s{args.seed}"
-        result, seconds = run(config, out)
-        model, tokenizer = load_model_and_tokenizer(out / "final")
-        scores = {}
-        for name, path in targets.items():
-            corpus = tokenize_examples(list(read_examples(str(path))), tokenizer)
-            scores[name] = evaluate(model, list(eval_blocks(corpus, model.config.seq_len)), batch_size=16)
-        rows.append((mixer, model.num_parameters(), result, scores, seconds))
-        (out / "transfer_eval.json").write_text(json.dumps(scores, indent=1))
+    for variant in args.bpe_variants.split(","):
+        overrides = VARIANTS[variant]
+        for init in init_overrides(args):
+            values = {**preset_train_config(args.preset).to_dict(), "data": ["embedded"],
+                      "tokenizer": f"bpe:{args.vocab}", "steps": args.steps, "seed": args.seed,
+                      "model": {**overrides, **init}}
+            config = TrainConfig.from_dict(values)
+            out = Path(args.out) / (f"embedded-bpe{args.vocab}-{args.preset}-{label(variant, init).replace(', init ', '-')}"
+                                    f"-{args.steps}-s{args.seed}").replace(" ", "-")
+            result, seconds = run(config, out)
+            model, tokenizer = load_model_and_tokenizer(out / "final")
+            scores = {}
+            for name, path in targets.items():
+                corpus = tokenize_examples(list(read_examples(str(path))), tokenizer)
+                scores[name] = evaluate(model, list(eval_blocks(corpus, model.config.seq_len)), batch_size=16)
+            rows.append((label(variant, init), model.num_parameters(), result, scores, seconds))
+            (out / "transfer_eval.json").write_text(json.dumps(scores, indent=1))
     print(header(args))
     print(f"\nTrained on the embedded corpus (Shakespeare's plays, held-out plays for validation), byte-level BPE "
-          f"with {args.vocab} tokens trained on it, preset {args.preset} dimensions, {args.steps} steps, seed {args.seed}, "
-          "routing prefix. Bits per byte over the whole evaluation text.\n")
-    print("| mixer | parameters | held-out plays bits/byte | WikiText-2 test bits/byte | C4 sample bits/byte | wall time |")
+          f"with {args.vocab} tokens trained on it, preset {args.preset} dimensions, {args.steps} steps, seed {args.seed}. "
+          "Bits per byte over the whole evaluation text.\n")
+    print("| variant | parameters | held-out plays bits/byte | WikiText-2 test bits/byte | C4 sample bits/byte | wall time |")
     print("|---|---|---|---|---|---|")
-    for mixer, params, result, scores, seconds in rows:
-        print(f"| {mixer} | {params:,} | {result['bits_per_byte']:.4f} | {scores['WikiText-2 test']['bits_per_byte']:.4f} "
+    for variant, params, result, scores, seconds in rows:
+        print(f"| {variant} | {params:,} | {result['bits_per_byte']:.4f} | {scores['WikiText-2 test']['bits_per_byte']:.4f} "
               f"| {scores['C4 sample']['bits_per_byte']:.4f} | {seconds / 60:.1f} min |")
 
 
@@ -166,12 +181,17 @@ def main(argv=None):
     parser.add_argument("--budget", choices=["steps", "time"], default="steps", help="shakespeare: equal steps "
                         "for every variant, or equal compute time (that of wda prefix at --steps)")
     parser.add_argument("--preset", default="cpu-char", help="training preset in configs/")
+    parser.add_argument("--inits", type=lambda text: text.split(","), metavar="INIT,INIT",
+                        help="repeat every variant under each WDAConfig.init (release, normal); default: the config's")
+    parser.add_argument("--bpe-variants", default="wda prefix,softmax", help="embedded-bpe: comma-separated, of "
+                        + ", ".join(VARIANTS))
     parser.add_argument("--rounds", type=int, default=3, help="rounds of step-time measurement")
     parser.add_argument("--plot", help="where to write the validation curves (PNG)")
-    parser.add_argument("--bpe-variants", default="wda,softmax", help="embedded-bpe: comma-separated, of "
-                        + ", ".join(BPE_VARIANTS))
     parser.add_argument("--out", default="runs/bench")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.bpe_variants.split(",")) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown --bpe-variants {unknown}; choose from {', '.join(VARIANTS)}")
     shakespeare(args) if args.what == "shakespeare" else embedded_bpe(args)
 
 

@@ -36,7 +36,7 @@ def test_mqar_smoke(one_thread):
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| mode ")]
     assert [row.split("|")[1].strip() for row in rows] == list(mqar.MODES)
     for row in rows:
-        accuracy = float(row.split("|")[6])
+        accuracy = float(row.split("|")[7])  # after mode, init, width, seq_len, pairs, parameters
         assert 0.0 <= accuracy <= 1.0
     assert "Total wall time" in text
 

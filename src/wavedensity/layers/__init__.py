@@ -3,6 +3,7 @@
 from .block import WDABlock
 from .cache import WDACache, WDALayerState
 from .softmax_attention import SoftmaxAttention
+from .torch_defaults import torch_default_init_
 from .wave_attention import (
     NonCausalRoutingWarning,
     WaveDensityAttention,
@@ -23,4 +24,5 @@ __all__ = [
     "fuse_input_projections",
     "input_projection_sizes",
     "split_input_projection",
+    "torch_default_init_",
 ]

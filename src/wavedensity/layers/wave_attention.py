@@ -28,6 +28,7 @@ from ..ops import (
 )
 from .cache import WDALayerState
 from .content import ContentPath
+from .torch_defaults import uniform_fan_in_
 
 # One kernel per sequence: up to this length (per device type) the dense Toeplitz product beats the
 # FFT. CPU: measured by bench/toeplitz_paths.py (docs/benchmarks.md). CUDA: an estimate (batched
@@ -121,7 +122,7 @@ class WaveDensityAttention(nn.Module):
         )
         self.content_mix, self.content_rank = float(config.content_mix), config.content_rank
         self.learned_content = config.learned_content
-        self.init_std = config.initializer_range
+        self.init_std, self.init_scheme = config.initializer_range, config.init
 
         # One matmul reads x for the values, the two modulators and (unless static) the first layers of
         # the per-head gate MLP D -> G -> M and mask-scaling MLP D -> G -> R, fused over heads; the
@@ -168,6 +169,11 @@ class WaveDensityAttention(nn.Module):
     def reset_parameters(self) -> None:
         """The release's wave initialisation (docs/architecture.md §2.2); routing output layers small.
 
+        Small means ``N(0, initializer_range)`` weights and zero biases (``init="normal"``); with
+        ``init="release"`` the gate and scaling outputs get the release's PyTorch default of a per-head
+        ``nn.Linear(gate_hidden, ...)`` instead. Static routing's learned logits and scaling (no
+        release counterpart) start small under both.
+
         Uses ``transformers.initialization``, which skips tensors already loaded from a checkpoint.
         """
         init.normal_(self.freqs, 0.0, 1.5)
@@ -178,10 +184,13 @@ class WaveDensityAttention(nn.Module):
             init.normal_(self.static_logits, 0.0, self.init_std)
             init.zeros_(self.static_scale)
             return
-        for weight in (self.gate_out_weight, self.scale_out_weight):
-            init.normal_(weight, 0.0, self.init_std)
-        for bias in (self.gate_out_bias, self.scale_out_bias):
-            init.zeros_(bias)
+        for weight, bias in ((self.gate_out_weight, self.gate_out_bias), (self.scale_out_weight, self.scale_out_bias)):
+            if self.init_scheme == "release":
+                uniform_fan_in_(weight, weight.shape[-1])
+                uniform_fan_in_(bias, weight.shape[-1])
+            else:
+                init.normal_(weight, 0.0, self.init_std)
+                init.zeros_(bias)
 
     # ---- pieces, public so pictures and tests can look inside -------------------------------
 

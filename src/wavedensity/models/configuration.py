@@ -25,6 +25,7 @@ HF_CONFIG_KEYWORDS = frozenset({
     "is_decoder", "prefix", "pruned_heads", "sep_token_id", "task_specific_params", "tf_legacy_loss",
     "tie_encoder_decoder", "tokenizer_class", "torchscript", "use_bfloat16",
 }) | frozenset(GenerationConfig._get_default_generation_params())
+INIT_SCHEMES = ("release", "normal")
 
 
 @strict
@@ -65,6 +66,11 @@ class WDAConfig(PreTrainedConfig):
 
     Hybrid stacks: ``mixer_types`` lists ``"wda"`` or ``"softmax"`` per layer (default: ``mixer`` in
     every layer); ``softmax_window`` > 0 limits softmax layers to the last that many tokens.
+        init: ``"normal"`` (every Linear and Embedding ``N(0, initializer_range)``, the Hugging Face
+            convention) or ``"release"`` (the release's: PyTorch's defaults, i.e. kaiming-uniform Linear
+            weights and uniform biases, ``N(0, 1)`` token embeddings, zero position embeddings, and the
+            wave and mask-scaling draws both schemes share). Used when weights are created, never on
+            tensors loaded from a checkpoint.
     """
 
     model_type = "wavedensity"
@@ -102,6 +108,7 @@ class WDAConfig(PreTrainedConfig):
     use_ffn: bool = True
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
+    init: str = "normal"
 
     routing: str = "prefix"
     gate: str = "topk"
@@ -133,7 +140,7 @@ class WDAConfig(PreTrainedConfig):
     def validate_architecture(self):
         """Part of ``@strict`` validation: reject impossible shapes and unknown modes by name."""
         choices = {"routing": ROUTING_MODES, "gate": GATE_MODES, "mixer": MIXERS, "toeplitz_path": TOEPLITZ_PATHS,
-                   "kernel_mix": KERNEL_MIXES}
+                   "kernel_mix": KERNEL_MIXES, "init": INIT_SCHEMES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"WDAConfig.{name}={getattr(self, name)!r} is not one of {allowed}")

@@ -15,7 +15,14 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils.deprecation import deprecate_kwarg
 
-from ..layers import WaveDensityAttention, WDABlock, WDACache, fuse_input_projections, input_projection_sizes
+from ..layers import (
+    WaveDensityAttention,
+    WDABlock,
+    WDACache,
+    fuse_input_projections,
+    input_projection_sizes,
+    torch_default_init_,
+)
 from ..ops.loss import linear_cross_entropy, logits_cross_entropy
 from .configuration import WDAConfig
 from .release import from_release_state_dict, read_release
@@ -61,12 +68,18 @@ class WDAPreTrainedModel(PreTrainedModel):
     _is_stateful = True
 
     def _init_weights(self, module):
-        super()._init_weights(module)
-        std = self.config.initializer_range
+        # config.init "release": PyTorch's own defaults, as the release (which sets nothing else) trained;
+        # "normal": the Hugging Face convention N(0, initializer_range). Norms start at ones and zeros in both.
+        release = self.config.init == "release"
+        if not (release and torch_default_init_(module)):
+            super()._init_weights(module)
         if isinstance(module, WaveDensityAttention):
             module.reset_parameters()
         elif isinstance(module, WDAModel):
-            init.normal_(module.pos_emb, 0.0, std)
+            if release:
+                init.zeros_(module.pos_emb)
+            else:
+                init.normal_(module.pos_emb, 0.0, self.config.initializer_range)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

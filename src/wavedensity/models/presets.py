@@ -11,7 +11,7 @@ WDA_130M = dict(
 )  # fmt: skip
 
 PRESETS: dict[str, dict] = {
-    "wda-130m": WDA_130M,
+    "wda-130m": dict(WDA_130M, init="release"),  # trained from scratch as the release was
     # CPU presets: character- or small-BPE-vocabulary models that train in minutes on 2 cores.
     "cpu-tiny": dict(WDA_130M, vocab_size=256, seq_len=64, embed_dim=64, num_layers=2, num_heads=2,
                      num_masks=8, num_waves_per_mask=4, topk_masks=4, content_rank=4, gate_hidden=32),
