@@ -7,6 +7,8 @@ Registered by ``wavedensity.cli.build_parser``; errors follow the ``wda`` rules 
 import json
 
 DEFAULT_PROMPTS = ("ROMEO:\n", "The ")
+ADAPTER_HELP = ("a transplant run directory, an adapter directory (adapters/step-N), an adapter.safetensors file, "
+                "or a release adapter_step*.pt payload (layers and WDA settings from --config)")
 
 
 def cmd_inspect(args) -> int:
@@ -123,15 +125,21 @@ def cmd_swap_check(args) -> int:
 
 def cmd_export(args) -> int:
     from ..share.export import check_export, remote_code_file, write_self_contained
-    from .adapter import model_from_adapter, read_adapter
+    from .adapter import adapter_directory, is_release_payload, model_from_adapter, read_adapter
     from .card import find_transplant_run, transplant_card
     from .evaluation import set_mode
 
-    meta, _ = read_adapter(args.adapter)
-    model, tokenizer = model_from_adapter(args.adapter)
+    if is_release_payload(args.adapter):  # the release's payload: teacher, layers and settings from --config
+        if not args.config:
+            raise ValueError(f"--adapter {args.adapter} is a release payload: pass its transplant config with --config")
+        _, model, tokenizer = student_for(args)
+        meta, run = {"base_model": model.config.transplant["base_model"], "step": None}, None
+    else:
+        meta, _ = read_adapter(args.adapter)
+        model, tokenizer = model_from_adapter(args.adapter)
+        run = find_transplant_run(adapter_directory(args.adapter), meta["step"])
     set_mode(model, args.mode, args.alpha)
     model.record_mixing()
-    run = find_transplant_run(args.adapter, meta["step"])
     out = write_self_contained(model, tokenizer, args.out, transplant_card(model, run, remote_code_file(model)))
     print(f"wrote {out}: {meta['base_model']} + adapter (step {meta['step']}) as one model, mode {args.mode}; card "
           f"from {run.directory if run else 'no training run'}")
@@ -168,7 +176,7 @@ def add_transplant_commands(commands) -> None:
 
     def student_args(p, alpha_help="alpha of the WDA branches (default 1)"):
         p.add_argument("--config", required=True, metavar="FILE", help="the transplant config (teacher, data)")
-        p.add_argument("--adapter", required=True, metavar="DIR", help="directory with adapter.safetensors + adapter.json")
+        p.add_argument("--adapter", required=True, metavar="ADAPTER", help=ADAPTER_HELP)
         p.add_argument("--alpha", type=float, default=1.0, help=alpha_help)
 
     sample = sub.add_parser("sample", help="generate with the teacher, the WDA student or both mixed")
@@ -202,7 +210,8 @@ def add_transplant_commands(commands) -> None:
                             "modeling code of the wrapper, the tokenizer and a model card, then loads OUT through "
                             "that code and checks it gives the same logits. Load it anywhere with "
                             "AutoModelForCausalLM.from_pretrained(OUT, trust_remote_code=True).")
-    export.add_argument("--adapter", required=True, metavar="DIR")
+    export.add_argument("--adapter", required=True, metavar="ADAPTER", help=ADAPTER_HELP)
+    export.add_argument("--config", metavar="FILE", help="the transplant config (needed for a release .pt payload)")
     export.add_argument("--out", required=True, metavar="DIR", help="new or empty output directory")
     export.add_argument("--mode", choices=["teacher", "wda", "mixed"], default="wda",
                         help="the mixing the exported model runs with (default wda: teacher-free)")
