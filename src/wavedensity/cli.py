@@ -20,6 +20,7 @@ from .generation import load_model
 from .models.summary import model_rows
 from .progress import progress_bar
 from .share.commands import register_share_commands
+from .train.checkpoint import run_model_directory
 from .train.config import DISTRIBUTED_STRATEGIES
 from .transplant.cli import add_transplant_commands
 
@@ -294,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def model_args(p):
-        p.add_argument("--model", required=True, metavar="DIR", help="local model directory (save_pretrained format)")
+        p.add_argument("--model", required=True, metavar="DIR", type=run_model_directory,
+                       help="local model directory (save_pretrained format), or a training run (its final/, else its "
+                       "latest checkpoint)")
         p.add_argument("--release", action="store_true",
                        help="DIR is a released WaveCharLM checkpoint (config.json + model.safetensors, release keys)")
 
@@ -358,14 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     train_p.set_defaults(run=cmd_train)
 
     eval_p = commands.add_parser("eval", help="loss, perplexity and bits per byte of a model on data")
-    eval_p.add_argument("--model", required=True, metavar="DIR")
+    eval_p.add_argument("--model", required=True, metavar="DIR", type=run_model_directory,
+                        help="model directory or training run; with --harness also a transplant run or adapter")
     eval_p.add_argument("--data", metavar="PATH", help="held-out text (or --harness TASKS below)")
     eval_p.add_argument("--max-windows", type=int, help="evaluate at most this many context windows")
     eval_p.add_argument("--json", action="store_true", help="print JSON")
     eval_p.set_defaults(run=cmd_eval)
 
     def sampling_args(p):
-        p.add_argument("--model", required=True, metavar="DIR")
+        p.add_argument("--model", required=True, metavar="DIR", type=run_model_directory)
         p.add_argument("--max-new-tokens", type=int, default=100)
         p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
         p.add_argument("--top-k", type=int, default=40)

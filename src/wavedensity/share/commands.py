@@ -8,6 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..train.checkpoint import run_model_directory
+
 
 def register_share_commands(commands, eval_parser: argparse.ArgumentParser) -> None:
     """Add ``export`` to the subcommands and the ``--harness`` options to ``eval``."""
@@ -17,7 +19,8 @@ def register_share_commands(commands, eval_parser: argparse.ArgumentParser) -> N
                     "generation_config.json and a model card, then loads OUT through that code and checks it gives "
                     "the same logits. Load it anywhere with AutoModelForCausalLM.from_pretrained(OUT, "
                     "trust_remote_code=True).")
-    export.add_argument("--model", required=True, metavar="DIR", help="saved model (e.g. runs/demo/final); the card "
+    export.add_argument("--model", required=True, metavar="DIR", type=run_model_directory,
+                        help="saved model or training run (e.g. runs/demo/final); the card "
                         "reads the training run when DIR is RUN/final")
     export.add_argument("--out", required=True, metavar="DIR", help="new or empty output directory")
     export.add_argument("--tokenizer", metavar="PATH", help="tokenizer to ship (default: the one saved in DIR)")

@@ -14,6 +14,7 @@ checkpoint (or no ``latest.json`` at all before the first save).
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -105,8 +106,9 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, tokenizer, state
     with open(tmp / "trainer_state.json", "w", encoding="utf-8") as f:
         json.dump({"step": step, "optimizer": optimizer_meta, **state}, f, indent=1)
     for path in tmp.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+        if path.is_file():  # an adapter's pair sits in a folder of its own, synced when written
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
     if final.exists():  # a checkpoint of the same step from an earlier, interrupted attempt
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -148,3 +150,24 @@ def load_training_state(checkpoint: Path, optimizer, load_optimizer=None) -> dic
     (load_optimizer or optimizer.load_state_dict)(saved)
     restore_rng(tensors)
     return state
+
+
+def run_model_directory(path: str) -> str:
+    """``--model``: a model directory as it is; a ``wda train`` run directory (no config.json of its
+    own) gives its ``final/``, else its latest checkpoint, saying which on stderr."""
+    import sys
+
+    run = Path(path)
+    if not run.is_dir() or (run / "config.json").is_file():
+        return path
+    if (run / "final" / "config.json").is_file():
+        chosen = run / "final"
+    else:
+        try:
+            chosen = latest_checkpoint(run)
+        except CheckpointError:
+            return path  # loading reports the directory as it is
+        if chosen is None or not (chosen / "config.json").is_file():
+            return path
+    print(f"--model {path}: a training run; using {chosen}", file=sys.stderr)
+    return str(chosen)

@@ -9,6 +9,9 @@ path in ``WDATransplantForCausalLM`` (e.g. ``base.model.layers.3.self_attn.wda.m
 
 import json
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -24,6 +27,8 @@ from .wrapper import wda_parameters
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
+PAIR_LINK = ".adapter"  # -> the directory holding the current pair (see save_adapter)
+PAIR_PREFIX = ".adapter-"
 FORMAT = "wavedensity-transplant-adapter"
 ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
@@ -46,16 +51,40 @@ def adapter_tensors(model: WDATransplantForCausalLM) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: WDATransplantForCausalLM, directory, step: int | None = None) -> Path:
-    """Write ``adapter.safetensors`` + ``adapter.json`` into ``directory`` (each file replaced atomically)."""
+    """Write ``adapter.safetensors`` + ``adapter.json`` into ``directory``, replacing the pair atomically.
+
+    The pair is written into a new private directory ``.adapter-<id>``; ``.adapter`` is a symbolic
+    link to the current one and the two names are links through it, so one ``os.replace`` of that
+    link switches both files at once: a crash at any point leaves the old pair or the new one,
+    never one file of each. (Other files in ``directory``, e.g. a PEFT adapter, are left alone.)
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().contiguous().cpu() for name, t in adapter_tensors(model).items()}
-    tmp = directory / (ADAPTER_WEIGHTS + ".tmp")
-    save_file(tensors, tmp)
-    os.replace(tmp, directory / ADAPTER_WEIGHTS)
-    tmp = directory / (ADAPTER_CONFIG + ".tmp")
-    tmp.write_text(json.dumps(adapter_metadata(model, step), indent=1), encoding="utf-8")
-    os.replace(tmp, directory / ADAPTER_CONFIG)
+    fresh = Path(tempfile.mkdtemp(prefix=PAIR_PREFIX, dir=directory))
+    try:
+        save_file(tensors, fresh / ADAPTER_WEIGHTS)
+        (fresh / ADAPTER_CONFIG).write_text(json.dumps(adapter_metadata(model, step), indent=1), encoding="utf-8")
+        for path in (fresh / ADAPTER_WEIGHTS, fresh / ADAPTER_CONFIG):
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        link = directory / (PAIR_LINK + ".tmp")
+        link.unlink(missing_ok=True)
+        os.symlink(fresh.name, link)
+        os.replace(link, directory / PAIR_LINK)  # the one switch
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):  # once per directory: the names point through the link
+        target = directory / name
+        if not (target.is_symlink() and os.readlink(target) == f"{PAIR_LINK}/{name}"):
+            tmp = directory / (name + ".tmp")
+            tmp.unlink(missing_ok=True)
+            os.symlink(f"{PAIR_LINK}/{name}", tmp)
+            os.replace(tmp, target)
+    for stale in directory.glob(PAIR_PREFIX + "*"):  # the previous pair, and any a crash left behind
+        if stale.name != fresh.name:
+            shutil.rmtree(stale, ignore_errors=True)
     return directory
 
 
@@ -69,11 +98,40 @@ class AdapterWriter:
         save_adapter(self.model, directory, self.step)
 
 
-def read_adapter(directory) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(adapter.json, tensors) of an adapter directory, or a TransplantError naming what is wrong."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise TransplantError(f"adapter {directory}: no such directory")
+def is_release_payload(source) -> bool:
+    """A release ``adapter_step*.pt`` file (its layers and WDA settings come from a config)."""
+    return Path(source).suffix == ".pt"
+
+
+def adapter_directory(source) -> Path:
+    """The adapter directory ``source`` names: itself (``adapter.json`` inside: a run directory or a
+    per-save copy), the directory of an ``adapter.safetensors`` / ``adapter.json`` file, or a run's
+    latest checkpoint when the run has no adapter at its top yet (said on stderr)."""
+    from ..train.checkpoint import latest_checkpoint
+
+    source = Path(source)
+    if source.is_file() and source.name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+        return source.parent
+    if source.is_file():
+        raise TransplantError(f"adapter {source}: not an adapter file (expected {ADAPTER_WEIGHTS}, {ADAPTER_CONFIG} "
+                              "or a release adapter_step*.pt)")
+    if not source.is_dir():
+        raise TransplantError(f"adapter {source}: no such directory or file")
+    if (source / ADAPTER_CONFIG).is_file():
+        return source
+    checkpoint = latest_checkpoint(source)
+    if checkpoint is not None and (checkpoint / ADAPTER_CONFIG).is_file():
+        print(f"adapter: {source} has no {ADAPTER_CONFIG}; using its latest checkpoint {checkpoint}", file=sys.stderr)
+        return checkpoint
+    raise TransplantError(f"adapter {source}: no {ADAPTER_CONFIG} (not an adapter or transplant run directory)")
+
+
+def read_adapter(source) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(adapter.json, tensors) of an adapter (``adapter_directory``), or a TransplantError naming what is wrong."""
+    if is_release_payload(source):
+        raise TransplantError(f"adapter {source}: a release payload says nothing of its teacher, layers or WDA "
+                              "settings; pass the transplant config it was trained with (--config)")
+    directory = adapter_directory(source)
     meta = read_json(directory / ADAPTER_CONFIG, missing="no adapter.json (not an adapter directory)",
                      error=TransplantError)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -85,10 +143,16 @@ def read_adapter(directory) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, tensors
 
 
-def load_adapter(model: WDATransplantForCausalLM, directory) -> dict:
-    """Copy an adapter into ``model`` after checking base model, architecture, layers and every tensor."""
-    meta, tensors = read_adapter(directory)
-    where = Path(directory)
+def load_adapter(model: WDATransplantForCausalLM, source) -> dict:
+    """Copy an adapter into ``model`` after checking base model, architecture, layers and every tensor.
+    ``source``: anything ``adapter_directory`` takes, or a release ``adapter_step*.pt`` payload (mapped
+    onto the model's own layers and settings)."""
+    if is_release_payload(source):
+        from .release_adapter import load_release_adapter
+
+        return load_release_adapter(model, source)
+    meta, tensors = read_adapter(source)
+    where = adapter_directory(source)
     settings = model.config.transplant
     if meta["base_model"] != settings["base_model"]:
         raise TransplantError(f"adapter {where} was trained on base model {meta['base_model']!r}, "
@@ -122,9 +186,13 @@ def load_adapter(model: WDATransplantForCausalLM, directory) -> dict:
 
 
 def load_teacher(model_id: str, dtype: str = "float32", device: str | torch.device = "cpu"):
-    """The teacher causal LM (strict: a weight missing from its files is an error) and its tokenizer."""
+    """The teacher causal LM (strict: a weight missing from its files is an error) and its tokenizer.
+    ``model_id``: a hub id, a directory, a ``.gguf`` file or a short name (``transplant.teachers``)."""
     from transformers import AutoModelForCausalLM
 
+    from .teachers import resolve_teacher
+
+    model_id = resolve_teacher(model_id)  # a short name or a .gguf file: the converted directory
     path = Path(model_id)
     if not path.exists() and (model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1):
         raise TransplantError(f"teacher {model_id}: no such directory")

