@@ -84,8 +84,10 @@ def read_adapter(directory) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, tensors
 
 
-def load_adapter(model: WDATransplantForCausalLM, directory) -> dict:
-    """Copy an adapter into ``model`` after checking base model, architecture, layers and every tensor."""
+def load_adapter(model: WDATransplantForCausalLM, directory, subset: bool = False) -> dict:
+    """Copy an adapter into ``model`` after checking base model, architecture, layers and every tensor.
+    ``subset``: the adapter may wrap more layers than the model (a hybrid started from a run that
+    replaced more attention); the branches of the model's layers are taken, the others left out."""
     meta, tensors = read_adapter(directory)
     where = Path(directory)
     settings = model.config.transplant
@@ -99,9 +101,13 @@ def load_adapter(model: WDATransplantForCausalLM, directory) -> dict:
     if differing:
         raise TransplantError(f"adapter {where}: WDA settings {differing} differ from the model's "
                               f"({ {k: meta['wda'].get(k) for k in differing} } vs { {k: settings['wda'].get(k) for k in differing} })")
-    if meta["layers"] != settings["layers"]:
-        raise TransplantError(f"adapter {where} wraps layers {meta['layers']}, the model wraps {settings['layers']}")
     expected = adapter_tensors(model)
+    if subset and set(settings["layers"]) <= set(meta["layers"]):
+        # the left-out layers' tensors are named by their layer's path, which the model does not wrap
+        tensors = {name: t for name, t in tensors.items() if name in expected}
+    elif meta["layers"] != settings["layers"]:
+        raise TransplantError(f"adapter {where} wraps layers {meta['layers']}, the model wraps {settings['layers']}"
+                              + (" (a subset of them is allowed: not this one)" if subset else ""))
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
