@@ -232,8 +232,9 @@ def train_transplant(config: TransplantConfig, out_dir=None, *, resume: bool = F
         distributed.stop(runtime)
 
 
-# a resume may re-split the global batch over other process counts, not change it (grad_accum is part of it)
-RESUME_MAY_CHANGE = ("steps", "distributed")
+# a resume may re-split the global batch over other process counts, not change it (grad_accum is part of it);
+# run_steps bounds one invocation (a transfer-only run resumed for its end-to-end stage)
+RESUME_MAY_CHANGE = ("steps", "distributed", "run_steps")
 
 
 def _train_transplant(config: TransplantConfig, run_dir: Path, runtime, *, resume: bool, progress: bool,
