@@ -47,12 +47,14 @@ def training_sources() -> list[dict]:
 
 
 def run_config(args, out_dir: Path, **overrides) -> TransplantConfig:
-    """Transfer stage (``--transfer-steps``) then the teacher-free end-to-end stage (``--e2e-steps``)."""
+    """Transfer stage (``--transfer-steps``) then the teacher-free end-to-end stage (``--e2e-steps``). The
+    schedule is one step longer than what runs: the trainer validates on every held-out window at the
+    schedule's last step (hours here), on ``eval_batches`` batches at any other."""
     content_rank = args.head_dim
     settings = {
         "teacher_model_id": args.teacher, "datasets": training_sources(), "max_examples": args.max_examples,
         "val_fraction": 0.05, "seq_len": args.seq, "micro_batch_size": args.batch, "grad_accum": 1,
-        "steps": args.transfer_steps + args.e2e_steps, "lr": args.lr, "warmup_steps": 2, "weight_decay": 0.0,
+        "steps": args.transfer_steps + args.e2e_steps + 1, "lr": args.lr, "warmup_steps": 2, "weight_decay": 0.0,
         "attention_transfer": {"steps": args.transfer_steps, "lr": args.transfer_lr, "normalise": True,
                                "layer_block": 0},
         "teacher_free_mode": True, "alpha_warmup_steps": 0, "kl_weight": 1.0, "ce_weight": 0.5, "temperature": 2.0,
@@ -202,7 +204,7 @@ def main(argv=None) -> int:
         record("teacher-free after transfer (random init)", **result, vs_teacher=rel(result["loss"]), **trained)
         del model
     if time_left():
-        trained = train("end-to-end", dataclasses.replace(init_config, run_steps=0), resume=True)
+        trained = train("end-to-end", dataclasses.replace(init_config, run_steps=args.e2e_steps), resume=True)
         model = student(args, all_layers, init_run, init_config)
         result = evaluated(model)
         record(f"teacher-free after transfer + {args.e2e_steps} end-to-end steps", **result,
