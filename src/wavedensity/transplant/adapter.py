@@ -124,9 +124,13 @@ def load_adapter(model: WDATransplantForCausalLM, directory, subset: bool = Fals
 
 
 def load_teacher(model_id: str, dtype: str = "float32", device: str | torch.device = "cpu"):
-    """The teacher causal LM (strict: a weight missing from its files is an error) and its tokenizer."""
+    """The teacher causal LM (strict: a weight missing from its files is an error) and its tokenizer.
+    ``model_id``: a hub id, a directory, a ``.gguf`` file or a short name (``transplant.teachers``)."""
     from transformers import AutoModelForCausalLM
 
+    from .teachers import resolve_teacher
+
+    model_id = resolve_teacher(model_id)  # a short name or a .gguf file: the converted directory
     path = Path(model_id)
     if not path.exists() and (model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1):
         raise TransplantError(f"teacher {model_id}: no such directory")

