@@ -1,10 +1,11 @@
 """Transplant a real pretrained teacher (SmolLM2-135M, Gemma-3-270M) on CPU: layer-local attention
 transfer, hybrids keeping some teacher attention, the end-to-end stage, and cached decoding speed.
 
-Run (the teacher: a directory, or a short name / .gguf once `wda transplant fetch` resolves it):
-    OMP_NUM_THREADS=2 python -m bench.transplant_real --teacher DIR --json runs/bench-real/smollm2.json \
+Run (the teacher: smollm2 / gemma3-270m, fetched and converted on first use, a directory or a .gguf):
+    OMP_NUM_THREADS=1 python -m bench.transplant_real --teacher smollm2 --json runs/bench-real/smollm2.json \
         [--eval-tokens N --transfer-steps N --e2e-steps N --batch B --budget-min M]
     python -m bench.transplant_real --smoke          # seconds: every phase on a tiny random Llama
+    python -m bench.transplant_real --table runs/bench-real/smollm2.json   # the markdown table
 
 Distils on ../shared/data text (wiki sample, C4 sample, HH chat), evaluates on the first
 ``--eval-tokens`` tokens of ../shared/data/wikitext2-raw/wiki.test.raw in 256-token windows. Phases,
@@ -108,7 +109,11 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-min", type=float, default=35.0, help="no phase starts after this")
     parser.add_argument("--json", default="runs/bench-transplant-real/results.json")
     parser.add_argument("--out", default="runs/bench-transplant-real")
+    parser.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text(encoding="utf-8"))))
+        return 0
     for folder in ("wiki-sample", "c4-sample", "chat-hh", "wikitext2-raw"):
         if not (SHARED / folder).is_dir():
             print(f"skipped: {SHARED / folder} not found (../shared/data beside the repository)")
@@ -215,6 +220,27 @@ def main(argv=None) -> int:
     path.write_text(json.dumps(results, indent=1), encoding="utf-8")
     print(f"done in {results['total_min']} min; results in {path}")
     return 0
+
+
+def markdown_table(results: dict) -> str:
+    lines = [f"`{results['command']}` — {results['date'][:16]} UTC, {results['machine']}, torch {results['torch']}, "
+             f"transformers {results['transformers']}; teacher {results['teacher']} ({results['layers']} layers); "
+             f"evaluated on {results['eval']}", "",
+             "| model | CE (nats/token) | vs teacher | tokens seen (training) | train wall time | eval wall time |",
+             "|---|---|---|---|---|---|"]
+    for phase in results["phases"]:
+        if "loss" in phase:
+            lines.append(f"| {phase['phase']} | {phase['loss']:.4f} | {phase.get('vs_teacher', '-')} | "
+                         f"{phase.get('tokens_seen', '-')} | {phase['train_s'] / 60:.1f} min |" if "train_s" in phase else
+                         f"| {phase['phase']} | {phase['loss']:.4f} | {phase.get('vs_teacher', '-')} | - | - |")
+            lines[-1] += f" {phase['eval_s'] / 60:.1f} min |"
+        elif "skipped" in phase:
+            lines.append(f"| {phase['phase']} | not run ({phase['skipped']}) | | | | |")
+    for phase in results["phases"]:
+        if phase["phase"].startswith("cached decoding"):
+            lines += ["", f"Cached greedy decoding, {phase['new_tokens']} new tokens after a 32-token prompt "
+                      "(tokens/s): " + ", ".join(f"{k} {v}" for k, v in phase.items() if k[:7] in ("student", "teacher"))]
+    return "\n".join(lines)
 
 
 def tiny_teacher_dir(directory: Path) -> Path:
