@@ -151,6 +151,19 @@ def test_transplant_smoke(one_thread, tmp_path):
     assert "| transplant, teacher-free |" in text and "| WDA from scratch |" in text and "top-1 agreement" in text
 
 
+def test_transplant_real_smoke(one_thread, tmp_path):
+    import json
+
+    from bench import quality, transplant_real
+
+    if not quality.SHARED.is_dir():
+        pytest.skip(f"shared data not found at {quality.SHARED}")
+    printed_by(transplant_real.main, ["--smoke", "--out", str(tmp_path), "--json", str(tmp_path / "r.json")])
+    phases = [p["phase"] for p in json.loads((tmp_path / "r.json").read_text())["phases"]]
+    assert phases[0] == "teacher" and len(phases) == 7 and phases[-1].startswith("teacher-free after transfer + 1 end")
+    assert any(p.startswith("hybrid keeping 25%") for p in phases) and "cached decoding" in phases[4]
+
+
 def test_gpu_check_dry_run(one_thread):
     from bench import gpu_check
 

@@ -320,7 +320,8 @@ def test_presets_are_valid_configs():
 
     folder = Path(__file__).resolve().parents[1] / "configs" / "transplant"
     presets = sorted(folder.glob("*.json"))
-    assert {p.stem for p in presets} == {"cpu-smoke", "gpu-distil", "handoff", "teacher-free", "sft-chat"}
+    assert {p.stem for p in presets} == {"cpu-smoke", "gpu-distil", "handoff", "teacher-free", "sft-chat", "smollm2-cpu",
+                                        "smollm2-gpu", "gemma3-270m-cpu", "gemma3-270m-gpu"}
     for path in presets:
         TransplantConfig.from_file(path)
 

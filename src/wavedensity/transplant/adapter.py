@@ -143,10 +143,12 @@ def read_adapter(source) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, tensors
 
 
-def load_adapter(model: WDATransplantForCausalLM, source) -> dict:
+def load_adapter(model: WDATransplantForCausalLM, source, subset: bool = False) -> dict:
     """Copy an adapter into ``model`` after checking base model, architecture, layers and every tensor.
     ``source``: anything ``adapter_directory`` takes, or a release ``adapter_step*.pt`` payload (mapped
-    onto the model's own layers and settings)."""
+    onto the model's own layers and settings). ``subset``: the adapter may wrap more layers than the
+    model (a hybrid started from a run that replaced more attention); the branches of the model's
+    layers are taken, the others left out."""
     if is_release_payload(source):
         from .release_adapter import load_release_adapter
 
@@ -164,12 +166,16 @@ def load_adapter(model: WDATransplantForCausalLM, source) -> dict:
     if differing:
         raise TransplantError(f"adapter {where}: WDA settings {differing} differ from the model's "
                               f"({ {k: meta['wda'].get(k) for k in differing} } vs { {k: settings['wda'].get(k) for k in differing} })")
-    if meta["layers"] != settings["layers"]:
-        raise TransplantError(f"adapter {where} wraps layers {meta['layers']}, the model wraps {settings['layers']}")
     for name, module in model.named_modules():  # adapters saved before WDA's input projections were fused
         if isinstance(module, WaveDensityAttention):
             fuse_input_projections(tensors, f"{name}.", module.input_sizes)
     expected = adapter_tensors(model)
+    if subset and set(settings["layers"]) <= set(meta["layers"]):
+        # the left-out layers' tensors are named by their layer's path, which the model does not wrap
+        tensors = {name: t for name, t in tensors.items() if name in expected}
+    elif meta["layers"] != settings["layers"]:
+        raise TransplantError(f"adapter {where} wraps layers {meta['layers']}, the model wraps {settings['layers']}"
+                              + (" (a subset of them is allowed: not this one)" if subset else ""))
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:

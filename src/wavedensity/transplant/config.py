@@ -8,13 +8,15 @@ from dataclasses import dataclass, field
 from ..configfile import typed_values
 from ..jsonfile import read_json
 from ..train import ConfigError, TrainConfig
-from .wrapper import LAYER_SCALES
+from .transfer import INIT_PARTS
+from .wrapper import BRANCH_OUTPUTS, LAYER_SCALES
 
 DATASET_KINDS = ("local_jsonl", "local_text", "hf_text", "hf_chat")
 DATASET_KEYS = {"kind", "path", "dataset_name", "subset", "split", "text_column", "ratio", "assistant_only_loss"}
 STAGE_KEYS = {"name", "start_step", "steps", "alpha", "teacher_scale", "wda_scale", "gate_temp"}
 DISTILL_KEYS = {"enabled", "targets", "mse_weight", "cosine_weight", "layer_weights"}
 DISTILL_TARGETS = ("resid_energy", "hidden")
+TRANSFER_KEYS = {"steps", "lr", "warmup_steps", "normalise", "layer_block"}
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -44,6 +46,10 @@ class TransplantConfig:
     kl_weight: float = 1.0
     ce_weight: float = 0.0
     distill: dict | None = None  # {enabled, targets, mse_weight, cosine_weight, layer_weights}
+    # {steps, lr, warmup_steps, normalise, layer_block}: the first `steps` steps train each branch on its own layer's
+    # teacher attention output (transfer.py); the end-to-end stage (the losses above) follows
+    attention_transfer: dict | None = None
+    init_from_teacher: list = field(default_factory=list)  # "vo", "qk": copy the teacher's projections
     # mixing schedule
     alpha_max: float = 1.0
     alpha_warmup_steps: int = 100
@@ -77,6 +83,8 @@ class TransplantConfig:
     wda_use_checkpoint: bool = False
     wda_routing: str = "prefix"
     wda_gate: str = "topk"
+    wda_content_rank: int = 8  # the content path's rank (the teacher's head_dim for init_from_teacher "qk")
+    wda_branch_output: str = "block_delta"  # "mixer": the branch returns the mixer's output (wrapper.py)
     # machine and bookkeeping
     device: str = "auto"
     distributed: str = "ddp"  # under torchrun; the only strategy the transplant supports (see validate)
@@ -97,7 +105,15 @@ class TransplantConfig:
                     content_mix=self.wda_content_mix, learned_content=self.wda_learned_content,
                     use_sin_waves=self.wda_use_sin_waves, use_sampling=self.wda_use_sampling,
                     num_samples=self.wda_num_samples, noise_sigma=self.wda_noise_sigma, step_alpha=self.wda_step_alpha,
-                    routing=self.wda_routing, gate=self.wda_gate)
+                    routing=self.wda_routing, gate=self.wda_gate,
+                    # only when set: adapters written before these keys existed hold the same settings
+                    **({"content_rank": self.wda_content_rank} if self.wda_content_rank != 8 else {}),
+                    **({"branch_output": self.wda_branch_output} if self.wda_branch_output != "block_delta" else {}))
+
+    def transfer_settings(self) -> dict:
+        """``attention_transfer`` with its defaults filled in (``steps`` 0: no transfer stage)."""
+        return {"steps": 0, "lr": self.lr, "warmup_steps": 0, "normalise": True, "layer_block": 0,
+                **(self.attention_transfer or {})}
 
     def data_entries(self) -> list[dict]:
         """The sources as ``wda train`` data entries (path spec, ratio, text column, assistant-only loss)."""
@@ -178,6 +194,12 @@ class TransplantConfig:
             for key in ("mse_weight", "cosine_weight"):
                 if not _is_number(settings[key]) or settings[key] < 0:
                     fail(f"distill.{key} must be a number >= 0, got {settings[key]!r}")
+        if self.attention_transfer is not None:
+            self._check_transfer(fail)
+        if not isinstance(self.init_from_teacher, list) or not set(self.init_from_teacher) <= set(INIT_PARTS):
+            fail(f"init_from_teacher must be a list of {INIT_PARTS}, got {self.init_from_teacher!r}")
+        if self.wda_branch_output not in BRANCH_OUTPUTS:
+            fail(f"wda_branch_output {self.wda_branch_output!r} is not one of {BRANCH_OUTPUTS}")
         if self.kl_weight == 0 and self.ce_weight == 0 and not self.distill_settings()["enabled"]:
             fail("every loss weight is 0: set kl_weight, ce_weight or distill")
         self.train_config()  # data entries, device, optimiser values: the shared checks
@@ -200,6 +222,22 @@ class TransplantConfig:
                 raise ConfigError(f"{where}: {key} must be a string")
         if "assistant_only_loss" in source and not isinstance(source["assistant_only_loss"], bool):
             raise ConfigError(f"{where}: assistant_only_loss must be true or false")
+
+    def _check_transfer(self, fail) -> None:
+        unknown = sorted(set(self.attention_transfer) - TRANSFER_KEYS)
+        if unknown:
+            fail(f"attention_transfer has unknown keys {unknown}; known: {sorted(TRANSFER_KEYS)}")
+        settings = self.transfer_settings()
+        for key in ("steps", "warmup_steps", "layer_block"):
+            if not isinstance(settings[key], int) or isinstance(settings[key], bool) or settings[key] < 0:
+                fail(f"attention_transfer.{key} must be an integer >= 0, got {settings[key]!r}")
+        if settings["steps"] >= self.steps:
+            fail(f"attention_transfer.steps {settings['steps']} leaves no end-to-end step of the {self.steps} "
+                 "steps (steps counts both stages)")
+        if not _is_number(settings["lr"]) or settings["lr"] <= 0:
+            fail(f"attention_transfer.lr must be a number > 0, got {settings['lr']!r}")
+        if not isinstance(settings["normalise"], bool):
+            fail(f"attention_transfer.normalise must be true or false, got {settings['normalise']!r}")
 
     def _check_schedule(self, fail) -> None:
         if not isinstance(self.schedule, dict) or set(self.schedule) != {"stages"} or not isinstance(

@@ -74,19 +74,37 @@ def find_attention(model: nn.Module) -> list[AttentionSite]:
     return sites
 
 
-def select_layers(spec, num_layers: int) -> list[int]:
-    """Layer indices from ``"all"``, a list of indices (negative ones count from the end) or
-    ``{"every": k}`` (layers 0, k, 2k, ...; ``"offset"`` shifts the start)."""
+def select_layers(spec, num_layers: int, errors: dict[int, float] | None = None) -> list[int]:
+    """The layers to wrap (replace by WDA) from ``spec``:
+
+    - ``"all"``; a list of indices (negative ones count from the end);
+    - ``{"every": k, "offset": o}``: WDA in layers o, o+k, o+2k, ...;
+    - ``{"keep_every": k, "offset": o}``: the teacher's attention kept in layers o, o+k, ...; WDA elsewhere;
+    - ``{"keep_fraction": f}``: the teacher's attention kept in round(f * L) evenly spaced layers;
+    - ``{"keep_largest_error": n or f, "errors": path}``: kept in the n (or round(f * L)) layers whose
+      attention-transfer error is largest (``errors``: that layer -> error map, read by the caller from
+      the ``transfer_errors.json`` a run with a transfer stage writes).
+    """
     if spec == "all":
         return list(range(num_layers))
-    if isinstance(spec, dict):
-        unknown = sorted(set(spec) - {"every", "offset"})
-        every, offset = spec.get("every"), spec.get("offset", 0)
-        if unknown or not isinstance(every, int) or isinstance(every, bool) or every < 1 or not isinstance(offset, int) \
-                or not 0 <= offset < num_layers:
-            raise TransplantError(f"layer selection {spec!r}: expected {{\"every\": k >= 1, \"offset\": 0..{num_layers - 1}}}")
-        return list(range(offset, num_layers, every))
-    if isinstance(spec, list) and spec and all(isinstance(i, int) and not isinstance(i, bool) for i in spec):
+    if isinstance(spec, dict) and ("every" in spec or "keep_every" in spec):
+        key = "every" if "every" in spec else "keep_every"
+        unknown = sorted(set(spec) - {key, "offset"})
+        every, offset = spec.get(key), spec.get("offset", 0)
+        if unknown or not _is_int(every) or every < 1 or not _is_int(offset) or not 0 <= offset < num_layers:
+            raise TransplantError(f"layer selection {spec!r}: expected {{\"{key}\": k >= 1, \"offset\": 0..{num_layers - 1}}}")
+        chosen = list(range(offset, num_layers, every))
+        return chosen if key == "every" else _wrapped_except(chosen, num_layers, spec)
+    if isinstance(spec, dict) and set(spec) == {"keep_fraction"} and isinstance(spec["keep_fraction"], float):
+        kept = _kept_count(spec["keep_fraction"], num_layers, spec)
+        return _wrapped_except([round((j + 0.5) * num_layers / kept - 0.5) for j in range(kept)], num_layers, spec)
+    if isinstance(spec, dict) and set(spec) == {"keep_largest_error", "errors"}:
+        if errors is None or sorted(errors) != list(range(num_layers)):
+            raise TransplantError(f"layer selection {spec!r}: needs the transfer error of each of the {num_layers} "
+                                  f"layers, got {sorted(errors) if errors else None}")
+        kept = _kept_count(spec["keep_largest_error"], num_layers, spec)
+        return _wrapped_except(sorted(errors, key=lambda i: -errors[i])[:kept], num_layers, spec)
+    if isinstance(spec, list) and spec and all(_is_int(i) for i in spec):
         bad = [i for i in spec if not -num_layers <= i < num_layers]
         if bad:
             raise TransplantError(f"layer selection {spec}: {bad} out of range for {num_layers} layers")
@@ -94,4 +112,27 @@ def select_layers(spec, num_layers: int) -> list[int]:
         if len(chosen) != len(spec):
             raise TransplantError(f"layer selection {spec} names a layer twice")
         return chosen
-    raise TransplantError(f"layer selection {spec!r}: expected \"all\", a non-empty list of layer indices or {{\"every\": k}}")
+    raise TransplantError(f"layer selection {spec!r}: expected \"all\", a non-empty list of layer indices, "
+                          "{\"every\": k}, {\"keep_every\": k}, {\"keep_fraction\": f} or "
+                          "{\"keep_largest_error\": n, \"errors\": path}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kept_count(amount, num_layers: int, spec) -> int:
+    """How many layers keep the teacher's attention: an integer count, or a fraction in [0, 1) of the layers."""
+    if _is_int(amount) and 0 <= amount < num_layers:
+        return amount
+    if isinstance(amount, float) and 0 <= amount < 1:
+        return round(amount * num_layers)
+    raise TransplantError(f"layer selection {spec!r}: the number kept must be a count 0..{num_layers - 1} or a "
+                          f"fraction in [0, 1), got {amount!r}")
+
+
+def _wrapped_except(kept: list[int], num_layers: int, spec) -> list[int]:
+    wrapped = [i for i in range(num_layers) if i not in set(kept)]
+    if not wrapped:
+        raise TransplantError(f"layer selection {spec!r} keeps the teacher's attention in every layer")
+    return wrapped

@@ -14,6 +14,7 @@ and only rank 0 writes files. The global batch is ``micro_batch_size x grad_accu
 number of processes: N ranks share the ``grad_accum`` micro-batches, ``grad_accum / N`` each.
 """
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -23,9 +24,10 @@ import torch
 from ..data import BlockSampler, Mixture, check_tokenizer_fits, eval_blocks
 from ..data.sampling import IGNORE
 from ..eval import evaluate
+from ..eval.metrics import batched_windows
 from ..ops.loss import logits_cross_entropy
 from ..progress import progress_bar
-from ..train import ConfigError, distributed
+from ..train import ConfigError, TrainConfig, distributed
 from ..train.checkpoint import save_checkpoint
 from ..train.trainer import (
     MetricsLog,
@@ -45,22 +47,68 @@ from .adapter import (
     save_adapter,
     transplant_model,
 )
+from ..jsonfile import read_json
 from .config import TransplantConfig
-from .find import decoder_layers, select_layers
+from .find import TransplantError, decoder_layers, select_layers
 from .losses import feature_losses, kl_per_token, layer_taps, masked_sum
 from .schedule import Mixing, mixing_at
+from .transfer import attention_transfer_losses, branch_transfer_loss, capture_attention, init_branches_from_teacher
 from .wrapper import set_mixing, teacher_mode, trainable_parameters, wrappers_of
+
+TRANSFER_ERRORS = "transfer_errors.json"
 
 
 def build_student(config: TransplantConfig, device):
     """The teacher with WDA wrapped into the configured layers (alpha 0: still the teacher) and its tokenizer."""
     teacher, tokenizer = load_teacher(config.teacher_model_id, config.torch_dtype, device)
     _, layers = decoder_layers(teacher)
-    chosen = select_layers(config.wda_layers, len(layers))
+    chosen = select_layers(config.wda_layers, len(layers), read_transfer_errors(config.wda_layers))
     model = transplant_model(teacher, config.teacher_model_id, chosen, config.wda_settings(), config.init_gamma,
                              config.alpha_layer_scale)
+    if config.init_from_teacher:  # an adapter loaded later (init_adapter, a checkpoint) overrides it
+        init_branches_from_teacher(model, config.init_from_teacher)
     check_tokenizer_fits(tokenizer, model.config.text_config.vocab_size)
     return model, tokenizer
+
+
+def read_transfer_errors(spec) -> dict[int, float] | None:
+    """The per-layer transfer errors a ``{"keep_largest_error": n, "errors": path}`` selection names
+    (``path``: a run directory or its ``transfer_errors.json``); None for other selections."""
+    if not isinstance(spec, dict) or "errors" not in spec:
+        return None
+    path = Path(spec["errors"])
+    path = path / TRANSFER_ERRORS if path.is_dir() else path
+    raw = read_json(path, missing="no transfer errors (written by a run with an attention_transfer stage)",
+                    error=TransplantError)
+    return {int(layer): float(error) for layer, error in raw["layers"].items()}
+
+
+@torch.no_grad()
+def transfer_errors(model, windows, config: TransplantConfig, device) -> dict:
+    """Each wrapped layer's attention-transfer loss on the first ``eval_batches`` validation batches
+    (what ``keep_largest_error`` ranks)."""
+    sums, batches = {}, 0
+    for input_ids, _, _ in batched_windows(windows, config.micro_batch_size,
+                                           config.eval_batches * config.micro_batch_size):
+        for layer, loss in attention_transfer_losses(
+                model, input_ids.to(device), normalise=config.transfer_settings()["normalise"]).items():
+            sums[layer] = sums.get(layer, 0.0) + float(loss)
+        batches += 1
+    return {"layers": {str(layer): total / max(1, batches) for layer, total in sorted(sums.items())},
+            "batches": batches, "normalised": config.transfer_settings()["normalise"]}
+
+
+def stage_at(step: int, config: TransplantConfig) -> tuple[str, int, TrainConfig]:
+    """(stage, step within it, the learning-rate view of it) at ``step``: ``transfer`` for the first
+    ``attention_transfer.steps`` steps, ``end_to_end`` after; each stage has its own warm-up and cosine,
+    and the mixing schedule counts from the end-to-end stage's first step."""
+    train_config = config.train_config()
+    transfer = config.transfer_settings()
+    if step < transfer["steps"]:
+        return "transfer", step, dataclasses.replace(train_config, steps=transfer["steps"], lr=transfer["lr"],
+                                                     warmup_steps=transfer["warmup_steps"])
+    return "end_to_end", step - transfer["steps"], dataclasses.replace(train_config,
+                                                                       steps=config.steps - transfer["steps"])
 
 
 def set_training_mode(model, gradient_checkpointing: bool) -> None:
@@ -84,6 +132,10 @@ def batch_layout(config: TransplantConfig, world_size: int) -> distributed.Batch
     """The release's keys as a global batch: ``micro_batch_size x grad_accum`` rows per optimizer step
     (what one process trains on), ``micro_batch_size`` rows per forward pass on every rank, and the
     ``grad_accum`` micro-batches shared out over the ranks (``grad_accum / world_size`` each)."""
+    if config.transfer_settings()["steps"] and world_size > 1:
+        raise ConfigError(f"attention_transfer runs in one process only (got {world_size}): its per-layer losses do "
+                          "not go through the DDP wrapper, so their gradients would not be all-reduced; run the "
+                          "transfer stage alone (run_steps) and resume the end-to-end stage under torchrun")
     if config.grad_accum % world_size:
         raise ConfigError(f"grad_accum {config.grad_accum} (micro-batches of {config.micro_batch_size} rows per "
                           f"optimizer step, over all processes) must be divisible by the {world_size} processes; "
@@ -98,7 +150,38 @@ def branches_may_idle(config: TransplantConfig) -> bool:
     learned content projections idle at content mix 0."""
     if config.wda_gate == "release" or (config.wda_content_mix == 0 and config.wda_learned_content):
         return True
+    if config.transfer_settings()["steps"]:  # gamma and gain take no part in the transfer losses
+        return True
     return any(m.alpha * m.wda_scale == 0 for m in (mixing_at(step, config) for step in range(config.steps)))
+
+
+def mixing_for(step: int, config: TransplantConfig) -> Mixing:
+    """The mixing in force at ``step``: the schedule counts from the end-to-end stage's first step; during
+    the transfer stage (where no loss reads it) validation runs with the values the next stage starts with."""
+    stage, stage_step, _ = stage_at(step, config)
+    return mixing_at(stage_step if stage == "end_to_end" else 0, config)
+
+
+def transfer_step_losses(model, input_ids, config: TransplantConfig, scale) -> dict:
+    """The transfer stage's losses of one micro-batch, back-propagated here (times ``scale``): one
+    teacher pass captures every wrapped layer's attention input and output, then the branches run in
+    blocks of ``attention_transfer.layer_block`` layers (0: all at once), each block's graph freed by its
+    own backward. Returns the per-layer losses summed over the micro-batch's positions (detached),
+    ``transfer`` (their mean over layers) and ``objective`` (their sum, what trained)."""
+    settings = config.transfer_settings()
+    captured = capture_attention(model, input_ids)
+    wrappers = {w.layer: w for w in wrappers_of(model)}
+    layers = sorted(captured)
+    block = settings["layer_block"] or len(layers)
+    per_layer = {}
+    for first in range(0, len(layers), block):
+        chunk = {i: branch_transfer_loss(wrappers[i], *captured[i], settings["normalise"]).sum()
+                 for i in layers[first:first + block]}
+        (sum(chunk.values()) * scale).backward()
+        per_layer.update({i: value.detach() for i, value in chunk.items()})
+    objective = sum(per_layer.values())
+    return {"transfer": objective / len(layers), **{f"transfer_layer_{i}": v for i, v in per_layer.items()},
+            "objective": objective}
 
 
 def step_losses(model, input_ids, labels, config: TransplantConfig, student=None) -> dict:
@@ -149,8 +232,9 @@ def train_transplant(config: TransplantConfig, out_dir=None, *, resume: bool = F
         distributed.stop(runtime)
 
 
-# a resume may re-split the global batch over other process counts, not change it (grad_accum is part of it)
-RESUME_MAY_CHANGE = ("steps", "distributed")
+# a resume may re-split the global batch over other process counts, not change it (grad_accum is part of it);
+# run_steps bounds one invocation (a transfer-only run resumed for its end-to-end stage)
+RESUME_MAY_CHANGE = ("steps", "distributed", "run_steps")
 
 
 def _train_transplant(config: TransplantConfig, run_dir: Path, runtime, *, resume: bool, progress: bool,
@@ -171,7 +255,7 @@ def _train_transplant(config: TransplantConfig, run_dir: Path, runtime, *, resum
     if checkpoint is not None:
         load_adapter(model, checkpoint)
     elif config.init_adapter:
-        meta = load_adapter(model, config.init_adapter)
+        meta = load_adapter(model, config.init_adapter, subset=True)  # a hybrid may start from a fuller run
         log(f"starting from adapter {config.init_adapter} (step {meta['step']})")
     # DDP all-reduces the gradients of the parameters that require them: the WDA branches, gamma, gain
     trained = distributed.wrap_model(model, runtime, config.distributed,
@@ -209,7 +293,8 @@ def _train_transplant(config: TransplantConfig, run_dir: Path, runtime, *, resum
         result = evaluate(model, val_windows, max_windows=every, desc=f"val {step} student", **shards)
         set_training_mode(model, config.gradient_checkpointing)  # evaluate() leaves the model in eval mode
         row = {"step": step, "kind": "val", **result, "teacher_loss": teacher_val[every]["loss"],
-               **{k: v for k, v in vars(mixing_at(step - 1, config)).items() if v is not None}}
+               "stage": stage_at(step - 1, config)[0],
+               **{k: v for k, v in vars(mixing_for(step - 1, config)).items() if v is not None}}
         metrics.write(row)
         return row
 
@@ -230,13 +315,15 @@ def _train_transplant(config: TransplantConfig, run_dir: Path, runtime, *, resum
     last_time, last_step = time.perf_counter(), start
     try:
         for step in bar:
-            mixing = mixing_at(step, config)
+            stage, stage_step, stage_config = stage_at(step, config)
+            mixing = mixing_for(step, config)
             apply_mixing(model, mixing)
+            lr = lr_at(stage_step, stage_config)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, train_config)
+                group["lr"] = lr
             sums, counted, grad_norm = train_step(trained, model, optimizer, batches.get(step), config,
-                                                  train_config, runtime)
-            if mixing.gamma_floor is not None:
+                                                  train_config, runtime, transfer=stage == "transfer")
+            if mixing.gamma_floor is not None and stage == "end_to_end":
                 with torch.no_grad():
                     for wrapper in wrappers_of(model):
                         wrapper.gamma.clamp_(min=mixing.gamma_floor)
@@ -246,15 +333,22 @@ def _train_transplant(config: TransplantConfig, run_dir: Path, runtime, *, resum
                 totals = dict(zip(sums, (distributed.all_reduce_sum(torch.stack(list(sums.values())), runtime)
                                          / counted.clamp_min(1)).tolist()))
                 gammas = [float(w.gamma.detach()) for w in wrappers_of(model)]
-                row = {"step": done, "kind": "train", "loss": totals["ce"], **totals, "lr": lr_at(step, train_config),
+                row = {"step": done, "kind": "train", "stage": stage, "loss": totals.get("ce", totals.get("transfer")),
+                       **totals, "lr": lr,
                        "grad_norm": distributed.grad_norm_value(grad_norm), "alpha": mixing.alpha,
                        "teacher_scale": mixing.teacher_scale, "wda_scale": mixing.wda_scale,
                        "gamma_mean": sum(gammas) / len(gammas),
                        "tokens_per_s": tokens_per_step * (done - last_step) / (now - last_time)}
                 metrics.write(row)
-                bar.set_postfix(obj=f"{totals['objective']:.3f}", ce=f"{totals['ce']:.3f}",
-                                ts=f"{mixing.teacher_scale:.2f}")
+                bar.set_postfix(obj=f"{totals['objective']:.3f}", loss=f"{row['loss']:.3f}",
+                                ts=f"{mixing.teacher_scale:.2f}", stage=stage)
                 last_time, last_step = now, done
+            if done == config.transfer_settings()["steps"] and runtime.is_main:
+                set_mixing(model, alpha=1.0)  # the branches run (teacher mode inside restores the rest)
+                errors = transfer_errors(model, val_windows, config, device)
+                (run_dir / TRANSFER_ERRORS).write_text(json.dumps({"step": done, **errors}, indent=1), encoding="utf-8")
+                apply_mixing(model, mixing)
+                metrics.write({"step": done, "kind": "transfer_errors", **errors["layers"]})
             if done % config.eval_every == 0 or done == end:
                 row = validate(done)
                 if runtime.is_main:
@@ -276,23 +370,30 @@ def _train_transplant(config: TransplantConfig, run_dir: Path, runtime, *, resum
     return rows[-1] if rows else {}
 
 
-def train_step(trained, model, optimizer, micro_batches, config: TransplantConfig, train_config, runtime):
+def train_step(trained, model, optimizer, micro_batches, config: TransplantConfig, train_config, runtime,
+               transfer: bool = False):
     """One optimizer step over this rank's micro-batches; returns (this rank's summed losses by name, loss
-    tokens of the whole global batch, gradient norm before clipping).
+    tokens of the whole global batch, gradient norm before clipping). ``transfer``: a step of the
+    attention-transfer stage, whose losses are means over every position (not only loss tokens).
 
     As in ``wavedensity.train.trainer.train_step``, every loss is its mean over the loss tokens of the
     global batch: each rank back-propagates its summed objective x world_size / (loss tokens of the
     whole batch), which DDP's average over ranks turns into exactly that mean, however the batch is split.
     """
     device = runtime.device
-    counted = distributed.all_reduce_sum(sum((labels != IGNORE).sum() for _, labels in micro_batches), runtime)
+    counted = distributed.all_reduce_sum(sum(torch.tensor(ids.numel(), device=device) if transfer else
+                                             (labels != IGNORE).sum() for ids, labels in micro_batches), runtime)
     scale = runtime.world_size / counted.clamp_min(1)  # a batch without loss tokens adds nothing, not NaN
     sums = {}
     for micro, (input_ids, labels) in enumerate(micro_batches):
-        with distributed.gradient_sync(trained, micro == len(micro_batches) - 1):
+        if transfer:  # one process (batch_layout): no DDP wrapper between these losses and the branches
             with autocast_context(train_config, device):
-                losses = step_losses(model, input_ids, labels, config, student=trained)
-            (losses["objective"] * scale).backward()
+                losses = transfer_step_losses(model, input_ids, config, scale)
+        else:
+            with distributed.gradient_sync(trained, micro == len(micro_batches) - 1):
+                with autocast_context(train_config, device):
+                    losses = step_losses(model, input_ids, labels, config, student=trained)
+                (losses["objective"] * scale).backward()
         for name, value in losses.items():
             sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float()
     trained_tensors = [param for group in optimizer.param_groups for param in group["params"]]

@@ -25,6 +25,9 @@ from ..models import WDAConfig
 from .find import TransplantError, decoder_layers, find_attention
 
 LAYER_SCALES = ("none", "sqrt", "linear", "inv_sqrt")
+# What the branch returns: the release's ``WDABlock(x) - x`` (a LayerNorm of x + mixer, minus x), or the
+# mixer's own output, an attention-shaped output like the teacher's (no norm, no residual to undo)
+BRANCH_OUTPUTS = ("block_delta", "mixer")
 
 
 def layer_alpha_scale(kind: str, layer: int, num_layers: int) -> float:
@@ -42,7 +45,9 @@ def layer_alpha_scale(kind: str, layer: int, num_layers: int) -> float:
 
 
 def wda_branch_config(hidden_size: int, num_heads: int, **settings) -> WDAConfig:
-    """The WDA branch of one layer: a single block of the teacher's width and heads, without FFN."""
+    """The WDA branch of one layer: a single block of the teacher's width and heads, without FFN
+    (``branch_output``, the wrapper's own setting, is not the block's)."""
+    settings = {key: value for key, value in settings.items() if key != "branch_output"}
     return WDAConfig(**{"vocab_size": 1, "num_layers": 1, **settings, "embed_dim": hidden_size,
                         "num_heads": num_heads, "use_ffn": False})
 
@@ -101,11 +106,16 @@ class ParallelAttention(nn.Module):
     (unknown attributes are read from the wrapped teacher module)."""
 
     def __init__(self, teacher: nn.Module, wda_config: WDAConfig, layer: int, init_gamma: float,
-                 layer_scale: float = 1.0):
+                 layer_scale: float = 1.0, branch_output: str = "block_delta"):
         super().__init__()
+        if branch_output not in BRANCH_OUTPUTS:
+            raise TransplantError(f"branch_output {branch_output!r} is not one of {BRANCH_OUTPUTS}")
         self.teacher = teacher
         self.wda_config = wda_config  # the branch's settings (release adapters are converted with them)
         self.wda = WDABlock(wda_config)
+        self.branch_output = branch_output
+        if branch_output == "mixer":
+            self.wda.ln_attn = nn.Identity()  # unused: no tensors in the adapter that never train
         self.gamma = nn.Parameter(torch.tensor(float(init_gamma)))
         self.gain = nn.Parameter(torch.tensor(1.0))
         self.layer = layer
@@ -125,11 +135,13 @@ class ParallelAttention(nn.Module):
             return getattr(teacher, name)
 
     def branch(self, x: torch.Tensor, state: WDALayerState | None) -> torch.Tensor:
-        """The WDA branch's attention-shaped delta ``WDABlock(x) - x`` (float32, whatever the teacher's dtype)."""
+        """The WDA branch's attention-shaped output (float32, whatever the teacher's dtype): the delta
+        ``WDABlock(x) - x``, or with ``branch_output`` "mixer" the mixer's output itself."""
         x = x.to(self.gamma.dtype)
+        run, undo = (self.wda, x) if self.branch_output == "block_delta" else (self.wda.mixer, 0)
         if self.use_checkpoint and self.training and state is None and torch.is_grad_enabled():
-            return checkpoint(self.wda, x, use_reentrant=False) - x
-        return self.wda(x, state) - x
+            return checkpoint(run, x, use_reentrant=False) - undo
+        return run(x, state) - undo
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         static = self.wda_scale * self.alpha * self.layer_scale
@@ -171,7 +183,8 @@ def install(model: nn.Module, layers: list[int], wda_settings: dict, init_gamma:
             raise TransplantError(f"{site.path} is already wrapped")
         branch = wda_branch_config(config.hidden_size, site.heads, **wda_settings)
         scale = layer_alpha_scale(alpha_layer_scale, index, len(decoder))
-        wrapper = ParallelAttention(teacher, branch, index, init_gamma, scale)
+        wrapper = ParallelAttention(teacher, branch, index, init_gamma, scale,
+                                    wda_settings.get("branch_output", "block_delta"))
         wrapper.to(device=next(teacher.parameters()).device)
         setattr(decoder[index], site.attribute, wrapper)
         wrappers.append(wrapper)

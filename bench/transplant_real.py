@@ -1,0 +1,265 @@
+"""Transplant a real pretrained teacher (SmolLM2-135M, Gemma-3-270M) on CPU: layer-local attention
+transfer, hybrids keeping some teacher attention, the end-to-end stage, and cached decoding speed.
+
+Run (the teacher: smollm2 / gemma3-270m, fetched and converted on first use, a directory or a .gguf):
+    OMP_NUM_THREADS=1 python -m bench.transplant_real --teacher smollm2 --json runs/bench-real/smollm2.json \
+        [--eval-tokens N --transfer-steps N --e2e-steps N --batch B --budget-min M]
+    python -m bench.transplant_real --smoke          # seconds: every phase on a tiny random Llama
+    python -m bench.transplant_real --table runs/bench-real/smollm2.json   # the markdown table
+
+Distils on ../shared/data text (wiki sample, C4 sample, HH chat), evaluates on the first
+``--eval-tokens`` tokens of ../shared/data/wikitext2-raw/wiki.test.raw in 256-token windows. Phases,
+each written to the JSON file as soon as it ends (a phase that would start after ``--budget-min``
+is skipped and recorded as such):
+  teacher; transfer with the teacher's projections (vo + qk) -> teacher-free; hybrids keeping 1/4
+  and 1/2 of the attention layers (those with the largest transfer error; transfer only); decoding
+  tokens/s at batch 1 and 8; transfer from random branches -> teacher-free; the end-to-end stage
+  (teacher-free KL + CE) from the first transfer -> teacher-free.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+from wavedensity.data import Example, tokenize_examples
+from wavedensity.eval import evaluate
+from wavedensity.transplant.adapter import load_adapter, load_teacher, transplant_model
+from wavedensity.transplant.config import TransplantConfig
+from wavedensity.transplant.evaluation import set_mode
+from wavedensity.transplant.find import decoder_layers, select_layers
+from wavedensity.transplant.trainer import read_transfer_errors, train_transplant
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def training_sources() -> list[dict]:
+    return [{"kind": "local_text", "path": str(SHARED / "wiki-sample" / "wiki_demo.txt"), "ratio": 0.4},
+            {"kind": "local_jsonl", "path": str(SHARED / "c4-sample" / "c4_demo.jsonl"), "text_column": "text",
+             "ratio": 0.4},
+            {"kind": "local_jsonl", "path": str(SHARED / "chat-hh" / "helpful-base.test.jsonl.gz"), "ratio": 0.2}]
+
+
+def run_config(args, out_dir: Path, **overrides) -> TransplantConfig:
+    """Transfer stage (``--transfer-steps``) then the teacher-free end-to-end stage (``--e2e-steps``). The
+    schedule is one step longer than what runs: the trainer validates on every held-out window at the
+    schedule's last step (hours here), on ``eval_batches`` batches at any other."""
+    content_rank = args.head_dim
+    settings = {
+        "teacher_model_id": args.teacher, "datasets": training_sources(), "max_examples": args.max_examples,
+        "val_fraction": 0.05, "seq_len": args.seq, "micro_batch_size": args.batch, "grad_accum": 1,
+        "steps": args.transfer_steps + args.e2e_steps + 1, "lr": args.lr, "warmup_steps": 2, "weight_decay": 0.0,
+        "attention_transfer": {"steps": args.transfer_steps, "lr": args.transfer_lr, "normalise": True,
+                               "layer_block": 0},
+        "teacher_free_mode": True, "alpha_warmup_steps": 0, "kl_weight": 1.0, "ce_weight": 0.5, "temperature": 2.0,
+        "wda_branch_output": "mixer", "wda_content_mix": 0.5, "wda_content_rank": content_rank,
+        "wda_num_masks": 8, "wda_num_waves_per_mask": 4, "wda_topk_masks": 4,
+        "device": "cpu", "seed": 0, "log_every": 1, "eval_every": 10**6, "eval_batches": 2, "save_every": 10**6,
+        "out_dir": str(out_dir), **overrides}
+    return TransplantConfig.from_dict(settings)
+
+
+def eval_windows(tokenizer, tokens: int, seq: int) -> list:
+    """The first ``tokens`` + 1 tokens of WikiText-2 test as windows of ``seq`` inputs (every label predicted)."""
+    text = (SHARED / "wikitext2-raw" / "wiki.test.raw").read_text(encoding="utf-8")
+    corpus = tokenize_examples([Example(text)], tokenizer, add_eos=False)
+    ids, nbytes = corpus.ids[:tokens + 1], corpus.token_bytes[:tokens + 1]
+    return [(ids[s:s + seq], ids[s + 1:s + seq + 1], nbytes[s + 1:s + seq + 1]) for s in range(0, tokens, seq)
+            if s + seq < len(ids)]
+
+
+def student(args, layers: list[int], adapter: Path, config: TransplantConfig):
+    teacher, _ = load_teacher(args.teacher, "float32", "cpu")
+    model = transplant_model(teacher, args.teacher, layers, config.wda_settings(), config.init_gamma,
+                             config.alpha_layer_scale)
+    load_adapter(model, adapter, subset=True)
+    set_mode(model, "wda")
+    return model.eval()
+
+
+@torch.no_grad()
+def decode_speed(model, prompt: torch.Tensor, batch: int, new: int) -> float:
+    ids = prompt[None].expand(batch, -1)
+    model.generate(ids, max_new_tokens=2, min_new_tokens=2, do_sample=False)  # warm
+    start = time.perf_counter()
+    model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+    return batch * new / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", help="teacher directory (config, float32 weights, tokenizer)")
+    parser.add_argument("--smoke", action="store_true", help="a tiny random Llama, a few steps (seconds)")
+    parser.add_argument("--eval-tokens", type=int, default=8192)
+    parser.add_argument("--transfer-steps", type=int, default=30)
+    parser.add_argument("--e2e-steps", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3, help="end-to-end stage")
+    parser.add_argument("--transfer-lr", type=float, default=3e-3)
+    parser.add_argument("--max-examples", type=int, default=2000, help="cap per training source")
+    parser.add_argument("--decode-new", type=int, default=32)
+    parser.add_argument("--budget-min", type=float, default=35.0, help="no phase starts after this")
+    parser.add_argument("--json", default="runs/bench-transplant-real/results.json")
+    parser.add_argument("--out", default="runs/bench-transplant-real")
+    parser.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and exit")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text(encoding="utf-8"))))
+        return 0
+    for folder in ("wiki-sample", "c4-sample", "chat-hh", "wikitext2-raw"):
+        if not (SHARED / folder).is_dir():
+            print(f"skipped: {SHARED / folder} not found (../shared/data beside the repository)")
+            return 0
+    begin = time.perf_counter()
+    out = Path(args.out)
+    if args.smoke:
+        args.teacher = str(tiny_teacher_dir(out / "tiny-teacher"))
+        args.eval_tokens, args.transfer_steps, args.e2e_steps, args.batch, args.seq = 128, 2, 1, 1, 32
+        args.max_examples, args.decode_new = 20, 4
+    if not args.teacher:
+        parser.error("--teacher is required (or --smoke)")
+    teacher, tokenizer = load_teacher(args.teacher, "float32", "cpu")
+    text_config = teacher.config.get_text_config(decoder=True)
+    num_layers = len(decoder_layers(teacher)[1])
+    args.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    branch_head_dim = text_config.hidden_size // text_config.num_attention_heads
+    init_parts = ["vo", "qk"] if args.head_dim == branch_head_dim else []  # Gemma-3: refused (head_dim)
+    windows = eval_windows(tokenizer, args.eval_tokens, args.seq)
+    results = {"command": "python -m bench.transplant_real " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "date": str(datetime.datetime.now(datetime.timezone.utc)), "machine": f"{platform.machine()} "
+               f"{platform.processor() or ''} {torch.get_num_threads()} threads (shared)", "torch": torch.__version__,
+               "transformers": transformers.__version__, "teacher": args.teacher, "layers": num_layers,
+               "eval": f"wiki.test.raw first {sum(len(w[0]) for w in windows)} tokens, {len(windows)} windows of {args.seq}",
+               "init_from_teacher": init_parts, "phases": []}
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(name: str, **values) -> None:
+        results["phases"].append({"phase": name, "elapsed_min": round((time.perf_counter() - begin) / 60, 2), **values})
+        path.write_text(json.dumps(results, indent=1), encoding="utf-8")
+        print(json.dumps(results["phases"][-1]), flush=True)
+
+    def time_left() -> bool:
+        return (time.perf_counter() - begin) / 60 < args.budget_min
+
+    def evaluated(model) -> dict:
+        start = time.perf_counter()
+        result = evaluate(model, windows, batch_size=4)
+        return {"loss": round(result["loss"], 4), "eval_s": round(time.perf_counter() - start, 1)}
+
+    def train(name: str, config: TransplantConfig, resume: bool = False) -> dict:
+        start = time.perf_counter()
+        train_transplant(config, resume=resume, progress=False, log=lambda *_: None)
+        rows = [json.loads(line) for line in (Path(config.out_dir) / "metrics.jsonl").read_text().splitlines()]
+        train_rows = [r for r in rows if r["kind"] == "train"]
+        return {"train_s": round(time.perf_counter() - start, 1), "steps": len(train_rows),
+                "tokens_seen": len(train_rows) * args.batch * args.seq,
+                "curve": [round(r["loss"], 4) for r in train_rows]}
+
+    record("teacher", **evaluated(teacher), parameters=teacher.num_parameters())
+    del teacher
+    teacher_loss = results["phases"][0]["loss"]
+
+    def rel(loss: float) -> str:
+        return f"{loss / teacher_loss - 1:+.1%}"
+
+    all_layers = list(range(num_layers))
+    init_run = out / "transfer-init"
+    init_config = run_config(args, init_run, init_from_teacher=init_parts, run_steps=args.transfer_steps)
+    trained = train(f"transfer{'+init' if init_parts else ''}", init_config)
+    model = student(args, all_layers, init_run, init_config)
+    result = evaluated(model)
+    record("teacher-free after transfer (init " + ("+".join(init_parts) or "random") + ")", **result,
+           vs_teacher=rel(result["loss"]), **trained)
+    errors = read_transfer_errors({"keep_largest_error": 1, "errors": str(init_run)})
+    results["transfer_errors"] = errors
+    for fraction in (0.25, 0.5):
+        if not time_left():
+            record(f"hybrid keeping {fraction:.0%}", skipped="time budget")
+            continue
+        layers = select_layers({"keep_largest_error": fraction, "errors": "transfer"}, num_layers, errors)
+        hybrid = student(args, layers, init_run, init_config)
+        result = evaluated(hybrid)
+        record(f"hybrid keeping {fraction:.0%} attention (largest transfer error), transfer only", **result,
+               vs_teacher=rel(result["loss"]), kept=[i for i in all_layers if i not in layers])
+        del hybrid
+    if time_left():
+        speeds = {}
+        for batch in (1, 8):
+            speeds[f"student_b{batch}"] = round(decode_speed(model, windows[0][0][:min(32, args.seq - args.decode_new)], batch, args.decode_new), 2)
+            set_mode(model, "teacher")
+            speeds[f"teacher_b{batch}"] = round(decode_speed(model, windows[0][0][:min(32, args.seq - args.decode_new)], batch, args.decode_new), 2)
+            set_mode(model, "wda")
+        record("cached decoding tokens/s (32-token prompt, greedy)", new_tokens=args.decode_new, **speeds)
+    del model
+    if init_parts and time_left():
+        random_run = out / "transfer-random"
+        config = run_config(args, random_run, run_steps=args.transfer_steps)
+        trained = train("transfer (random init)", config)
+        model = student(args, all_layers, random_run, config)
+        result = evaluated(model)
+        record("teacher-free after transfer (random init)", **result, vs_teacher=rel(result["loss"]), **trained)
+        del model
+    if time_left():
+        trained = train("end-to-end", dataclasses.replace(init_config, run_steps=args.e2e_steps), resume=True)
+        model = student(args, all_layers, init_run, init_config)
+        result = evaluated(model)
+        record(f"teacher-free after transfer + {args.e2e_steps} end-to-end steps", **result,
+               vs_teacher=rel(result["loss"]), **trained)
+    else:
+        record("end-to-end stage", skipped="time budget")
+    results["total_min"] = round((time.perf_counter() - begin) / 60, 2)
+    path.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    print(f"done in {results['total_min']} min; results in {path}")
+    return 0
+
+
+def markdown_table(results: dict) -> str:
+    lines = [f"`{results['command']}` — {results['date'][:16]} UTC, {results['machine']}, torch {results['torch']}, "
+             f"transformers {results['transformers']}; teacher {results['teacher']} ({results['layers']} layers); "
+             f"evaluated on {results['eval']}", "",
+             "| model | CE (nats/token) | vs teacher | tokens seen (training) | train wall time | eval wall time |",
+             "|---|---|---|---|---|---|"]
+    for phase in results["phases"]:
+        if "loss" in phase:
+            lines.append(f"| {phase['phase']} | {phase['loss']:.4f} | {phase.get('vs_teacher', '-')} | "
+                         f"{phase.get('tokens_seen', '-')} | {phase['train_s'] / 60:.1f} min |" if "train_s" in phase else
+                         f"| {phase['phase']} | {phase['loss']:.4f} | {phase.get('vs_teacher', '-')} | - | - |")
+            lines[-1] += f" {phase['eval_s'] / 60:.1f} min |"
+        elif "skipped" in phase:
+            lines.append(f"| {phase['phase']} | not run ({phase['skipped']}) | | | | |")
+    for phase in results["phases"]:
+        if phase["phase"].startswith("cached decoding"):
+            lines += ["", f"Cached greedy decoding, {phase['new_tokens']} new tokens after a 32-token prompt "
+                      "(tokens/s): " + ", ".join(f"{k} {v}" for k, v in phase.items() if k[:7] in ("student", "teacher"))]
+    return "\n".join(lines)
+
+
+def tiny_teacher_dir(directory: Path) -> Path:
+    """A tiny random Llama with the SmolLM2 tokenizer's shape of things (a char tokenizer), for --smoke."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from wavedensity.data import train_char_tokenizer
+
+    text = (SHARED / "wiki-sample" / "wiki_demo.txt").read_text(encoding="utf-8")[:200_000]
+    text += (SHARED / "wikitext2-raw" / "wiki.test.raw").read_text(encoding="utf-8")
+    tokenizer = train_char_tokenizer([text])
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=24, intermediate_size=48,
+                                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=64))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+if __name__ == "__main__":
+    sys.exit(main())

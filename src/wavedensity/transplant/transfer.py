@@ -1,0 +1,159 @@
+"""Layer-local attention transfer (the first stage of LoLCATs) and branch initialisation from the
+teacher's own attention weights.
+
+Attention transfer: the teacher runs once per batch under ``no_grad`` (teacher mode), forward hooks
+on each wrapped layer's teacher attention record that module's input (the normalised hidden states)
+and output, and the forward stops after the last wrapped layer (no later layers, no LM head). Each
+WDA branch then learns to reproduce its own layer's teacher output from the same input: the loss of
+layer i is the MSE over tokens and hidden dimension between the branch's delta and the teacher
+attention's output, optionally divided by the variance of that output (1.0 is then as good as
+predicting its mean). Layers are independent: no gradient crosses a layer, and nothing runs
+backward through the teacher.
+
+Initialisation from the teacher (``init_from_teacher``): ``"vo"`` copies the teacher's value and
+output projections into the branch's ``v_proj`` / ``out_proj`` (grouped-query heads expanded to every
+query head); ``"qk"`` copies its query/key projections into the content path's ``content_q_proj`` /
+``content_k_proj`` (content rank = the teacher's head dimension). GPT-2's fused ``c_attn`` is split;
+what cannot be represented exactly is refused by name.
+"""
+
+import torch
+from torch import nn
+
+from .find import TransplantError
+from .wrapper import ParallelAttention, teacher_mode, wrappers_of
+
+INIT_PARTS = ("vo", "qk")
+
+
+class _StopForward(Exception):
+    """Raised by the hook of the last wrapped layer: the rest of the teacher is not needed."""
+
+
+@torch.no_grad()
+def capture_attention(model, input_ids: torch.Tensor, layers: list[int] | None = None) -> dict:
+    """``{layer: (input, output)}`` of the teacher attention modules of the wrapped ``layers`` (default:
+    every wrapped layer) on ``input_ids``; the teacher runs under no_grad and stops after the last one."""
+    wrappers = {w.layer: w for w in wrappers_of(model)}
+    layers = sorted(wrappers) if layers is None else sorted(layers)
+    unknown = [i for i in layers if i not in wrappers]
+    if unknown:
+        raise TransplantError(f"layers {unknown} are not wrapped (wrapped: {sorted(wrappers)})")
+    captured, last = {}, layers[-1]
+
+    def hook(index):
+        def record(module, args, kwargs, output):
+            hidden_in = args[0] if args else kwargs["hidden_states"]
+            captured[index] = (hidden_in.detach(), (output[0] if isinstance(output, tuple) else output).detach())
+            if index == last:
+                raise _StopForward
+        return record
+
+    handles = [wrappers[i].teacher.register_forward_hook(hook(i), with_kwargs=True) for i in layers]
+    body = getattr(model, "base", model).base_model  # the decoder stack without the LM head
+    try:
+        with teacher_mode(model):
+            body(input_ids=input_ids, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def branch_transfer_loss(wrapper: ParallelAttention, hidden_in: torch.Tensor, teacher_out: torch.Tensor,
+                         normalise: bool = True) -> torch.Tensor:
+    """Per-token transfer loss ``[B, S]`` of one branch: MSE over the hidden dimension between the
+    branch's delta on ``hidden_in`` and ``teacher_out``, divided by ``teacher_out``'s variance when
+    ``normalise``."""
+    target = teacher_out.float()
+    per_token = (wrapper.branch(hidden_in, None).float() - target).pow(2).mean(-1)
+    if normalise:
+        per_token = per_token / target.var().clamp_min(1e-12)
+    return per_token
+
+
+def attention_transfer_losses(model, input_ids: torch.Tensor, *, normalise: bool = True,
+                              layers: list[int] | None = None) -> dict[int, torch.Tensor]:
+    """The attention-transfer loss of every wrapped layer (or of ``layers``) on ``input_ids``:
+    ``{layer: scalar}``, the mean over all positions of ``branch_transfer_loss``. Differentiable in
+    the WDA branches only (the teacher's activations are captured under no_grad); summing the values
+    and calling ``backward`` trains each branch on its own layer."""
+    captured = capture_attention(model, input_ids, layers)
+    wrappers = {w.layer: w for w in wrappers_of(model)}
+    return {i: branch_transfer_loss(wrappers[i], x, t, normalise).mean() for i, (x, t) in captured.items()}
+
+
+# ---- initialisation from the teacher's attention weights ----------------------------------------------
+
+
+def _projections(teacher: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """``{q, k, v, o: (weight [out, in], bias or None)}`` of a teacher attention module."""
+    if hasattr(teacher, "c_attn"):  # GPT-2: Conv1D stores [in, out]; c_attn is q, k, v side by side
+        weight, bias = teacher.c_attn.weight.t(), teacher.c_attn.bias
+        q, k, v = weight.chunk(3, dim=0)
+        qb, kb, vb = bias.chunk(3) if bias is not None else (None, None, None)
+        return {"q": (q, qb), "k": (k, kb), "v": (v, vb), "o": (teacher.c_proj.weight.t(), teacher.c_proj.bias)}
+    names = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}
+    missing = [n for n in names.values() if not isinstance(getattr(teacher, n, None), nn.Linear)]
+    if missing:
+        raise TransplantError(f"{type(teacher).__name__} has no Linear {missing}: cannot initialise from it")
+    return {key: (getattr(teacher, n).weight, getattr(teacher, n).bias) for key, n in names.items()}
+
+
+def _expand_heads(weight: torch.Tensor, kv_heads: int, heads: int, head_dim: int) -> torch.Tensor:
+    """Grouped-query rows ``[kv_heads * Dh, ...]`` repeated so that query head h reads kv head h // (H / kv)."""
+    return weight.unflatten(0, (kv_heads, head_dim)).repeat_interleave(heads // kv_heads, dim=0).flatten(0, 1)
+
+
+def init_branches_from_teacher(model, parts: list[str]) -> None:
+    """Copy the teacher's attention projections into every wrapped layer's WDA branch (``parts`` from
+    ``INIT_PARTS``); a teacher whose shapes or extras the branch cannot hold is refused by name."""
+    unknown = sorted(set(parts) - set(INIT_PARTS))
+    if unknown:
+        raise TransplantError(f"init_from_teacher {unknown}: known parts are {INIT_PARTS}")
+    config = model.config.get_text_config(decoder=True)
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    for wrapper in wrappers_of(model):
+        mixer, teacher = wrapper.wda.mixer, wrapper.teacher
+        where = f"layer {wrapper.layer} ({type(teacher).__name__})"
+        head_dim = getattr(teacher, "head_dim", config.hidden_size // heads)
+        if mixer.num_heads != heads or mixer.head_dim != head_dim:
+            raise TransplantError(
+                f"{where}: init_from_teacher needs the branch's heads x head_dim ({mixer.num_heads} x "
+                f"{mixer.head_dim}) to equal the teacher's ({heads} x {head_dim}); the branch's head_dim is "
+                f"width / heads, so a teacher whose head_dim differs (e.g. Gemma-3) cannot be copied")
+        proj = _projections(teacher)
+        with torch.no_grad():
+            if "vo" in parts:
+                (v, vb), (o, ob) = proj["v"], proj["o"]
+                mixer.v_proj.weight.copy_(_expand_heads(v, kv_heads, heads, head_dim))
+                if vb is None:
+                    mixer.v_proj.bias.zero_()
+                else:
+                    mixer.v_proj.bias.copy_(_expand_heads(vb[:, None], kv_heads, heads, head_dim)[:, 0])
+                mixer.out_proj.weight.copy_(o)
+                mixer.out_proj.bias.copy_(ob) if ob is not None else mixer.out_proj.bias.zero_()
+            if "qk" in parts:
+                _init_content(mixer, proj, teacher, where, heads, kv_heads, head_dim)
+
+
+def _init_content(mixer, proj, teacher, where, heads, kv_heads, head_dim) -> None:
+    if not getattr(mixer, "learned_content", False) or not hasattr(mixer, "content_q_proj"):
+        raise TransplantError(f"{where}: init_from_teacher 'qk' needs a learned content path "
+                              "(wda_learned_content true, wda_content_rank > 0)")
+    if mixer.content_rank != head_dim:
+        raise TransplantError(f"{where}: init_from_teacher 'qk' needs wda_content_rank = the teacher's head_dim "
+                              f"{head_dim}, got {mixer.content_rank}")
+    for norm in ("q_norm", "k_norm"):
+        if getattr(teacher, norm, None) is not None:
+            raise TransplantError(f"{where}: the teacher normalises its queries/keys per head ({norm}); a linear "
+                                  "content projection cannot reproduce that, so 'qk' cannot be copied")
+    (q, qb), (k, kb) = proj["q"], proj["k"]
+    if qb is not None or kb is not None:
+        raise TransplantError(f"{where}: the teacher's query/key projections have biases, which the content "
+                              "path's bias-free projections cannot hold, so 'qk' cannot be copied")
+    mixer.content_q_proj.weight.copy_(q)
+    mixer.content_k_proj.weight.copy_(_expand_heads(k, kv_heads, heads, head_dim))
