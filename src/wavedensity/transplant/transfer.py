@@ -11,7 +11,7 @@ predicting its mean). Layers are independent: no gradient crosses a layer, and n
 backward through the teacher.
 
 Initialisation from the teacher (``init_from_teacher``): ``"vo"`` copies the teacher's value and
-output projections into the branch's ``v_proj`` / ``out_proj`` (grouped-query heads expanded to every
+output projections into the branch's values (the first rows of ``in_proj``) / ``out_proj`` (grouped-query heads expanded to every
 query head); ``"qk"`` copies its query/key projections into the content path's ``content_q_proj`` /
 ``content_k_proj`` (content rank = the teacher's head dimension). GPT-2's fused ``c_attn`` is split;
 what cannot be represented exactly is refused by name.
@@ -129,11 +129,13 @@ def init_branches_from_teacher(model, parts: list[str]) -> None:
         with torch.no_grad():
             if "vo" in parts:
                 (v, vb), (o, ob) = proj["v"], proj["o"]
-                mixer.v_proj.weight.copy_(_expand_heads(v, kv_heads, heads, head_dim))
+                # the values are the first rows of the branch's fused input projection
+                values = slice(0, mixer.input_sizes["v_proj"])
+                mixer.in_proj.weight[values].copy_(_expand_heads(v, kv_heads, heads, head_dim))
                 if vb is None:
-                    mixer.v_proj.bias.zero_()
+                    mixer.in_proj.bias[values].zero_()
                 else:
-                    mixer.v_proj.bias.copy_(_expand_heads(vb[:, None], kv_heads, heads, head_dim)[:, 0])
+                    mixer.in_proj.bias[values].copy_(_expand_heads(vb[:, None], kv_heads, heads, head_dim)[:, 0])
                 mixer.out_proj.weight.copy_(o)
                 mixer.out_proj.bias.copy_(ob) if ob is not None else mixer.out_proj.bias.zero_()
             if "qk" in parts:
