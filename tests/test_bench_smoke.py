@@ -174,3 +174,35 @@ def test_gpu_check_dry_run(one_thread):
         "layer fwd+bwd, S=64", "layer fwd+bwd, S=128", "layer fwd+bwd, S=256",
         "dense vs FFT Toeplitz (one kernel per sequence)", "train tokens/s, compiled blocks (eager)"]
     assert "failed" not in text and "skipped" not in text and "out of memory" not in text
+
+
+def test_mqar_recall_modes_smoke_and_zoology_data(one_thread):
+    from bench import mqar
+
+    inputs, labels = mqar.zoology_batch(8, 64, 4, 8192, torch.Generator().manual_seed(0))
+    queried = labels != -100
+    assert queried.sum(1).tolist() == [4] * 8  # one query per key
+    for row in range(8):
+        pairs = dict(zip(inputs[row, 0:8:2].tolist(), inputs[row, 1:8:2].tolist()))
+        assert len(pairs) == 4 and all(k < 4096 <= v for k, v in pairs.items())
+        for t in queried[row].nonzero().flatten().tolist():
+            assert labels[row, t] == pairs[int(inputs[row, t])] == inputs[row, t + 1]
+    modes = ",".join(mqar.RECALL_MODES)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO()):
+        assert mqar.main(["--smoke", "--modes", modes]) == 0
+    rows = [line for line in printed.getvalue().splitlines() if line.startswith("| ") and not line.startswith("| mode ")]
+    assert [row.split("|")[1].strip() for row in rows] == list(mqar.RECALL_MODES)
+
+
+def test_cpu_recall_preset_is_the_measured_pure_wda_row():
+    from types import SimpleNamespace
+
+    from bench import mqar
+    from wavedensity import preset_config
+
+    bench_args = SimpleNamespace(task="zoology", vocab=8192, heads=2, tie=True, content_rank=16, content_mix=0.5)
+    measured = mqar.model_config("taylor-c4-unnorm", 128, 256, bench_args)
+    preset = preset_config("cpu-recall")
+    assert preset.to_diff_dict() == measured.to_diff_dict()
+    assert "softmax" not in preset.layer_mixers() and preset.sliding_window == 0

@@ -241,3 +241,11 @@ def test_remote_code_runs_the_new_paths(tmp_path):
         ids = torch.randint(0, 37, (1, 20))
         with torch.no_grad():
             torch.testing.assert_close(copy(ids).logits, model(ids).logits, atol=0, rtol=0)
+
+
+def test_routing_health_of_a_hybrid_reads_only_its_wda_layers():
+    from wavedensity.eval.metrics import routing_health
+
+    model = option_model("hybrid")
+    health = routing_health(model, torch.randint(0, 37, (2, 16)))
+    assert health and all(torch.isfinite(torch.tensor(float(v))) for v in health.values())

@@ -103,13 +103,15 @@ def routing_health(model, input_ids: torch.Tensor, whole=lambda layer: contextli
     routing collapses onto few masks; they are reported as means over layers and heads.
     ``whole(layer)``: a context in which the layer's parameters are whole (FSDP2 shards them between passes).
     """
-    if model.config.mixer != "wda":
+    if "wda" not in model.config.layer_mixers():
         return {}
     was_training = model.training
     model.eval()
     hidden = model(input_ids, use_cache=False, output_hidden_states=True).hidden_states
     entropies = []
     for index, layer in enumerate(model.model.layers):
+        if not hasattr(layer.mixer, "routing_weights"):
+            continue  # a softmax layer of a hybrid stack (mixer_types)
         with whole(layer):
             weights = layer.mixer.routing_weights(hidden[index])  # [B|1, H, T, M]
         usage = weights.float().mean(dim=(0, 2))
