@@ -51,18 +51,21 @@ def matmul_params(model) -> int:
     return model.num_parameters() - embeddings
 
 
-def train_rate(model, batch: int, seq: int, steps: int) -> float:
-    optimizer = make_optimizer(model, TrainConfig())  # the trainer's optimizer (fused AdamW)
-    ids = torch.randint(0, model.config.vocab_size, (batch, seq + 1))
-    model.train()
-    times = []
+def train_rates(models, batch: int, seq: int, steps: int) -> list[float]:
+    """Training tokens/s of each model, median step time. The models step in turn (one step each, then
+    again), so load that drifts on a shared machine weighs on all of them alike."""
+    optimizers = [make_optimizer(model, TrainConfig()) for model in models]  # the trainer's (fused AdamW)
+    ids = torch.randint(0, min(model.config.vocab_size for model in models), (batch, seq + 1))
+    times = [[] for _ in models]
     for _ in range(steps + 1):
-        start = time.perf_counter()
-        model(ids[:, :-1], shift_labels=ids[:, 1:], use_cache=False).loss.backward()  # the trainer's step
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return batch * seq / sorted(times[1:])[len(times[1:]) // 2]
+        for model, optimizer, spent in zip(models, optimizers, times):
+            model.train()
+            start = time.perf_counter()
+            model(ids[:, :-1], shift_labels=ids[:, 1:], use_cache=False).loss.backward()  # the trainer's step
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            spent.append(time.perf_counter() - start)
+    return [batch * seq / sorted(spent[1:])[len(spent[1:]) // 2] for spent in times]
 
 
 @torch.no_grad()
@@ -101,15 +104,19 @@ def main(argv=None):
     peak, read = gemm_gflops(), matvec_gbytes()
     print(f"`python -m bench.throughput {' '.join(sys.argv[1:])}` — {datetime.date.today()}, {platform.machine()} "
           f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, float32; measured GEMM "
-          f"{peak:.0f} GFLOP/s, matrix-vector read {read:.1f} GB/s\n")
+          f"{peak:.0f} GFLOP/s, matrix-vector read {read:.1f} GB/s (decoding bounds: re-measured before each "
+          "model's decoding)\n")
     rows = []
-    for mixer in args.mixers.split(","):
-        overrides = {k: v for k, v in (("num_layers", args.layers), ("vocab_size", args.vocab)) if v is not None}
-        config = preset_config(args.preset, mixer=mixer, seq_len=max(args.seq, 1), **overrides)
-        model = WDAForCausalLM(config)
-        rate = None if args.no_train else train_rate(model, args.train_batch, args.seq, args.steps)
+    overrides = {k: v for k, v in (("num_layers", args.layers), ("vocab_size", args.vocab)) if v is not None}
+    mixers = args.mixers.split(",")
+    models = [WDAForCausalLM(preset_config(args.preset, mixer=mixer, seq_len=max(args.seq, 1), **overrides))
+              for mixer in mixers]
+    rates = [None] * len(models) if args.no_train else train_rates(models, args.train_batch, args.seq, args.steps)
+    for mixer, model, rate in zip(mixers, models, rates):
         mfu = None if args.no_train else 6 * matmul_params(model) * rate / (peak * 1e9)
         prompt = max(1, args.seq - args.new_tokens)
+        if not args.no_decode:
+            read = matvec_gbytes()  # the bound from a read rate measured next to this model's decoding
         decode = {b: (decode_rate(model, b, prompt, args.new_tokens, True),
                       None if args.cached_only else decode_rate(model, b, prompt, args.new_tokens, False)) for b in
                   [int(x) for x in args.decode_batches.split(",")] if not args.no_decode}

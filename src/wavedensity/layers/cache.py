@@ -53,7 +53,8 @@ class WDALayerState:
             self.tensors[name] = joined
             return joined
         if buffer is None or buffer.shape[-2] < stop or buffer.requires_grad:
-            grown = new.new_empty(*new.shape[:-2], max(capacity, stop), new.shape[-1])
+            # zeros, not empty: the pages are touched once here, not one fault per row per decoding step
+            grown = new.new_zeros(*new.shape[:-2], max(capacity, stop), new.shape[-1])
             if buffer is not None:
                 grown[..., :start, :] = buffer[..., :start, :]
             buffer = self.tensors[name] = grown

@@ -228,7 +228,7 @@ class WaveDensityAttention(nn.Module):
         return (running / counts[:, None]).to(projected.dtype)
 
     def mask_weights(self, summary: torch.Tensor) -> torch.Tensor:
-        """Mixture-of-Masks weights ``[B, H, T, M]`` from ``routing_summary`` ``[B, T, 2 H G]`` (gate, top-k, scaling)."""
+        """Mixture-of-Masks weights ``[B, H, T, M]`` from ``routing_summary`` ``[B, T, 2 H G]``."""
         b, t, _ = summary.shape
         gate_hidden, scale_hidden = F.relu(summary).view(b, t, 2, self.num_heads, -1).unbind(2)
         logits = torch.einsum("bthg,hmg->bthm", gate_hidden, self.gate_out_weight) + self.gate_out_bias

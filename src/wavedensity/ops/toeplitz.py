@@ -169,7 +169,8 @@ def per_position_from_weights(
     mask_weights, masks, u = mask_weights.to(dtype), masks.to(dtype), u.to(dtype)
 
     def tile(weights_tile: torch.Tensor, u_prefix: torch.Tensor, tile_offset: int) -> torch.Tensor:
-        kernel = weights_tile @ masks[..., : u_prefix.shape[-2]]
+        # einsum folds batch and rows into one GEMM per head; ``@`` would first copy the masks per batch row
+        kernel = torch.einsum("bhtm,hmn->bhtn", weights_tile, masks[..., : u_prefix.shape[-2]])
         return per_position_apply(kernel if to_density is None else to_density(kernel), u_prefix, tile_offset)
 
     rows = mask_weights.shape[-2]
