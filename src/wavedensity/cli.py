@@ -180,7 +180,7 @@ def evaluation_report(model_dir: str, data: str, max_windows: int | None, progre
     from .generation import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(model_dir)
-    corpus = tokenize_examples(list(read_examples(data)), tokenizer)
+    corpus = tokenize_examples(list(read_examples(data)), tokenizer, progress=progress)
     windows = list(eval_blocks(corpus, model.config.seq_len))
     report = {"model": model_dir, "data": data, "routing": model.config.routing, "mixer": model.config.mixer}
     causal = model.config.mixer == "softmax" or model.config.routing != "pooled"

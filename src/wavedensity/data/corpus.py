@@ -7,6 +7,7 @@ from itertools import islice
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from ..progress import progress_bar
 from .errors import DataError
 from .examples import Example
 
@@ -35,9 +36,13 @@ class TokenizedCorpus:
 
 
 def tokenize_examples(examples: Iterable[Example], tokenizer: PreTrainedTokenizerFast,
-                      add_eos: bool = True) -> TokenizedCorpus:
+                      add_eos: bool = True, *, progress: bool = False, desc: str = "tokenize") -> TokenizedCorpus:
+    """``progress``: a bar (``desc``) over the examples with the time left (``progress.progress_bar``)."""
     ids, loss, nbytes = [], [], []
+    bar = progress_bar(show=progress, total=len(examples) if hasattr(examples, "__len__") else None, desc=desc,
+                       unit="example", leave=False)
     for batch in _batches(examples, TOKENIZE_BATCH):
+        bar.update(len(batch))
         # The Rust tokenizer itself: the same encoding as calling the wrapper, in half the time, as the
         # wrapper copies every id and offset into Python lists once more.
         encodings = tokenizer.backend_tokenizer.encode_batch([e.text for e in batch], add_special_tokens=False)
@@ -50,6 +55,7 @@ def tokenize_examples(examples: Iterable[Example], tokenizer: PreTrainedTokenize
                 ids.append(torch.tensor([tokenizer.eos_token_id]))
                 loss.append(torch.tensor([eos_loss]))
                 nbytes.append(torch.zeros(1, dtype=torch.long))
+    bar.close()
     if not ids:
         raise DataError("no examples to tokenize")
     return TokenizedCorpus(torch.cat(ids), torch.cat(loss), torch.cat(nbytes))

@@ -121,17 +121,18 @@ def load_examples(spec: str, config: TrainConfig, text_field: str = "text", assi
     return examples
 
 
-def tokenize_source(examples: list, tokenizer, source: str, role: str):
+def tokenize_source(examples: list, tokenizer, source: str, role: str, progress: bool = False):
     """Tokenise one source; data with nothing to learn from is named, not trained on as NaN."""
-    corpus = tokenize_examples(examples, tokenizer)
+    corpus = tokenize_examples(examples, tokenizer, progress=progress, desc=f"tokenize {role} data")
     if not bool(corpus.loss_mask[1:].any()):
         raise DataError(f"{source}: the {role} part has no tokens that carry loss (chat data without "
                         "assistant replies, or empty text)")
     return corpus
 
 
-def prepare_data(config: TrainConfig, tokenizer=None):
-    """Tokenizer, per-source training corpora with ratios, and the validation corpus."""
+def prepare_data(config: TrainConfig, tokenizer=None, progress: bool = False):
+    """Tokenizer, per-source training corpora with ratios, and the validation corpus (``progress``: bars while
+    tokenising)."""
     sources = source_list(config.data)
     if not sources:
         raise ConfigError("no training data: give --data PATH (or 'data' in the config)")
@@ -155,9 +156,11 @@ def prepare_data(config: TrainConfig, tokenizer=None):
             raise DataError(f"{spec}: {overlap} validation document(s) also appear in the training data")
     if tokenizer is None:
         tokenizer = make_tokenizer(config.tokenizer, (ex.text for _, examples, _ in train_sets for ex in examples))
-    corpora = [(tokenize_source(examples, tokenizer, spec, "training"), ratio) for spec, examples, ratio in train_sets]
+    corpora = [(tokenize_source(examples, tokenizer, spec, "training", progress), ratio)
+               for spec, examples, ratio in train_sets]
     names = ", ".join(spec for spec, _ in val_sets)
-    val_corpus = tokenize_source([ex for _, examples in val_sets for ex in examples], tokenizer, names, "validation")
+    val_corpus = tokenize_source([ex for _, examples in val_sets for ex in examples], tokenizer, names, "validation",
+                                 progress)
     return tokenizer, corpora, val_corpus
 
 
@@ -297,7 +300,7 @@ def _train(config: TrainConfig, run_dir: Path, runtime, *, resume: bool, progres
 
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(checkpoint) if checkpoint is not None else None
-    tokenizer, corpora, val_corpus = prepare_data(config, tokenizer)
+    tokenizer, corpora, val_corpus = prepare_data(config, tokenizer, progress)
     distributed.check_same_on_all_ranks(
         runtime, json.dumps([sorted(tokenizer.get_vocab().items()), [len(c) for c, _ in corpora], len(val_corpus)]),
         "the tokenizer and the data")

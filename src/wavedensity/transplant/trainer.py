@@ -248,7 +248,7 @@ def _train_transplant(config: TransplantConfig, run_dir: Path, runtime, *, resum
     torch.manual_seed(config.seed)
     model, tokenizer = build_student(config, device)
     train_config = config.train_config()
-    tokenizer, corpora, val_corpus = prepare_data(train_config, tokenizer)
+    tokenizer, corpora, val_corpus = prepare_data(train_config, tokenizer, progress)
     distributed.check_same_on_all_ranks(runtime, json.dumps([[len(c) for c, _ in corpora], len(val_corpus)]),
                                         "the data")
     trainable = trainable_parameters(model)
