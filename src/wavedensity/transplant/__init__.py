@@ -9,6 +9,7 @@ from .find import (
            select_layers,
 )
 from .model import WDATransplantConfig, WDATransplantForCausalLM
+from .transfer import attention_transfer_losses, capture_attention, init_branches_from_teacher
 from .wrapper import (
            ParallelAttention,
            TransplantCache,
@@ -18,5 +19,6 @@ from .wrapper import (
 )
 
 __all__ = ["SUPPORTED_ATTENTION", "AttentionSite", "ParallelAttention", "TransplantCache", "TransplantError",
-           "WDATransplantConfig", "WDATransplantForCausalLM", "find_attention", "select_layers", "set_mixing",
+           "WDATransplantConfig", "WDATransplantForCausalLM", "attention_transfer_losses",
+           "capture_attention", "find_attention", "init_branches_from_teacher", "select_layers", "set_mixing",
            "teacher_mode", "trainable_parameters"]

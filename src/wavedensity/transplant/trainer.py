@@ -1,5 +1,9 @@
 """``wda transplant train``: distil a teacher into its WDA branches, hand off, train teacher-free.
 
+With ``attention_transfer`` the run has two stages: its first steps train each branch on its own
+layer's teacher attention output (``transfer.py``; one no-grad teacher pass per batch, no LM head),
+the rest end to end from the transferred branches (``stage_at``).
+
 It reuses ``wavedensity.train`` for everything that is not transplant-specific: data preparation
 (sources, splits, tokenising, chat with assistant-only loss), samplers, AdamW groups, the
 learning-rate schedule, atomic checkpoints with ``latest.json`` and pruning, exact resume,

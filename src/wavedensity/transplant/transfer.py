@@ -137,7 +137,10 @@ def init_branches_from_teacher(model, parts: list[str]) -> None:
                 else:
                     mixer.in_proj.bias[values].copy_(_expand_heads(vb[:, None], kv_heads, heads, head_dim)[:, 0])
                 mixer.out_proj.weight.copy_(o)
-                mixer.out_proj.bias.copy_(ob) if ob is not None else mixer.out_proj.bias.zero_()
+                if ob is None:
+                    mixer.out_proj.bias.zero_()
+                else:
+                    mixer.out_proj.bias.copy_(ob)
             if "qk" in parts:
                 _init_content(mixer, proj, teacher, where, heads, kv_heads, head_dim)
 
