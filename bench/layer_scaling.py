@@ -24,6 +24,8 @@ VARIANTS = {
     "wda prefix dense": dict(routing="prefix", toeplitz_path="dense"),
     "wda prefix tiled": dict(routing="prefix", toeplitz_path="tiled"),
     "wda pooled fft": dict(routing="pooled", gate="release", toeplitz_path="fft"),
+    "wda prefix density fft": dict(routing="prefix", kernel_mix="density", toeplitz_path="fft"),
+    "wda prefix density": dict(routing="prefix", kernel_mix="density"),
 }
 
 
