@@ -197,3 +197,26 @@ def test_model_run_directory(tmp_path, capsys):
     assert f"using {run / 'final'}" in capsys.readouterr().err
     assert run_model_directory(str(run / "final")) == str(run / "final")  # a model directory is itself
     assert run_model_directory(str(tmp_path / "absent")) == str(tmp_path / "absent")  # loading reports it
+
+
+# ---- evaluation on real text ------------------------------------------------------------------------
+
+
+def test_text_windows_cover_every_token_once_and_cap(tmp_path):
+    from wavedensity.data import train_char_tokenizer
+    from wavedensity.transplant.cli import side_by_side
+    from wavedensity.transplant.evaluation import text_windows
+
+    rows = [{"text": "the first document, a little longer than one window"}, {"text": "a second one"}]
+    source = tmp_path / "docs.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    tokenizer = train_char_tokenizer([r["text"] for r in rows])
+    windows = text_windows(str(source), tokenizer, window=8)
+    assert all(len(ids) <= 8 for ids, _, _ in windows) and len(windows) > 3
+    predicted = sum(int((labels != -100).sum()) for _, labels, _ in windows)
+    capped = text_windows(str(source), tokenizer, window=8, max_tokens=10)
+    assert len(capped) == 2 and sum(int((labels != -100).sum()) for _, labels, _ in capped) <= predicted
+    with pytest.raises(ValueError, match="--max-tokens must be >= 1"):
+        text_windows(str(source), tokenizer, window=8, max_tokens=0)
+    lines = side_by_side("a b c d e f", "x\ny", width=5)
+    assert lines == ["  a b c | x\u21b5 y", "  d e f | "]

@@ -74,6 +74,19 @@ def test_train_resume_eval_swap_sample_export(tmp_path, teacher_dir, capsys):
     report = json.loads(out)
     assert code == 0 and set(report) >= {"teacher", "teacher_free", "mixed"} and report["alpha"] == 0.5
     assert report["teacher"]["tokens"] == report["teacher_free"]["tokens"] > 0
+    # any text source, on all its windows up to a token budget; the adapter given as its file
+    code, out, _ = run(capsys, "transplant", "eval", "--config", str(config), "--adapter",
+                       str(whole / "adapter.safetensors"), "--data", str(teacher_dir / "data.txt"), "--window", "16",
+                       "--max-tokens", "40", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["data"] == str(teacher_dir / "data.txt")
+    assert 40 <= report["teacher"]["tokens"] < 40 + 16 and report["teacher_free"]["bits_per_byte"] > 0
+    code, _, err = run(capsys, "transplant", "eval", "--config", str(config), "--adapter", str(whole), "--data",
+                       str(teacher_dir / "data.txt"), "--window", "64")
+    assert code == 2 and "longer than the WDA branches' context (32" in err
+    code, out, _ = run(capsys, "transplant", "swap-check", "--config", str(config), "--adapter", str(whole),
+                       "--max-windows", "1", "--prompt", "line 3", "--max-new-tokens", "5")
+    assert code == 0 and "teacher" in out and "| teacher-free student" in out
 
     code, out, _ = run(capsys, "transplant", "swap-check", "--config", str(config), "--adapter", str(whole), "--json",
                        "--max-windows", "2", "--prompt", "line 3", "--max-new-tokens", "5")

@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     eval_p = commands.add_parser("eval", help="loss, perplexity and bits per byte of a model on data")
     eval_p.add_argument("--model", required=True, metavar="DIR", type=run_model_directory,
-                        help="model directory or training run; with --harness also a transplant run or adapter")
+                        help="model directory, or a training run (its final/, else its latest checkpoint)")
     eval_p.add_argument("--data", metavar="PATH", help="held-out text (or --harness TASKS below)")
     eval_p.add_argument("--max-windows", type=int, help="evaluate at most this many context windows")
     eval_p.add_argument("--json", action="store_true", help="print JSON")

@@ -86,17 +86,34 @@ def print_losses(report: dict) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import compare_losses, validation_windows
+    from .evaluation import compare_losses, text_windows, validation_windows
 
     config, model, tokenizer = student_for(args)
-    windows = validation_windows(config, tokenizer)
+    if args.data:
+        context = model.config.transplant["wda"]["seq_len"]
+        if args.window > context:
+            raise ValueError(f"--window {args.window} is longer than the WDA branches' context ({context}, seq_len of "
+                             "the adapter)")
+        windows, source = text_windows(args.data, tokenizer, args.window, args.max_tokens), args.data
+    else:
+        windows, source = validation_windows(config, tokenizer), f"the validation data of {args.config}"
     report = compare_losses(model, windows, args.alpha, args.max_windows, progress=not args.json)
     if args.json:
-        print(json.dumps({"adapter": args.adapter, "alpha": args.alpha, **report}, indent=1))
+        print(json.dumps({"adapter": args.adapter, "data": source, "alpha": args.alpha, **report}, indent=1))
         return 0
-    print(f"{args.adapter} on the validation data of {args.config} (mixed: alpha {args.alpha:g}, teacher scale 1)")
+    print(f"{args.adapter} on {source} (mixed: alpha {args.alpha:g}, teacher scale 1)")
     print_losses(report)
     return 0
+
+
+def side_by_side(left: str, right: str, width: int = 48) -> list[str]:
+    """Two texts wrapped into columns of ``width`` characters (line breaks shown as the arrow)."""
+    import textwrap
+
+    columns = [textwrap.wrap(text.replace("\n", "↵ "), width) or [""] for text in (left, right)]
+    rows = max(len(c) for c in columns)
+    columns = [c + [""] * (rows - len(c)) for c in columns]
+    return [f"  {a:<{width}} | {b}" for a, b in zip(*columns)]
 
 
 def cmd_swap_check(args) -> int:
@@ -119,7 +136,9 @@ def cmd_swap_check(args) -> int:
     print(f"teacher-free student vs teacher on {scores['tokens']:,} held-out tokens: top-1 agreement "
           f"{scores['top1_agreement']:.1%}, KL {scores['kl_per_token']:.4f} nats/token")
     for pair in generations:
-        print(f"--- prompt {pair['prompt']!r} (greedy)\n  teacher: {pair['teacher']!r}\n  student: {pair['wda']!r}")
+        print(f"--- prompt {pair['prompt']!r} (greedy, {args.max_new_tokens} new tokens)")
+        print("\n".join(side_by_side("teacher", "teacher-free student") + side_by_side("-" * 7, "-" * 20)
+                        + side_by_side(pair["teacher"], pair["wda"])))
     return 0
 
 
@@ -192,6 +211,11 @@ def add_transplant_commands(commands) -> None:
 
     evaluate = sub.add_parser("eval", help="teacher vs teacher-free vs mixed loss, perplexity and bits per byte")
     student_args(evaluate, "alpha of the mixed model (default 1)")
+    evaluate.add_argument("--data", metavar="PATH", help="text or JSONL/JSON source to evaluate on (a text file, folder, "
+                          "chat rows; default: the config's validation data)")
+    evaluate.add_argument("--window", type=int, default=256, help="window length for --data (default 256)")
+    evaluate.add_argument("--max-tokens", type=int, metavar="N", help="with --data: stop after the window reaching N "
+                          "predicted tokens (default: all of it)")
     evaluate.add_argument("--max-windows", type=int, help="evaluate at most this many context windows")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(run=cmd_eval)

@@ -55,6 +55,26 @@ def validation_windows(config: TransplantConfig, tokenizer) -> list:
     return list(eval_blocks(val_corpus, config.seq_len))
 
 
+def text_windows(source: str, tokenizer, window: int = 256, max_tokens: int | None = None) -> list:
+    """Non-overlapping ``window``-token windows over every document of ``source`` (a text file, folder or
+    JSONL/JSON: whatever ``wda train`` reads, chat rows included), each token predicted once; with
+    ``max_tokens``, the windows up to the first that reaches that many predicted tokens."""
+    from ..data import eval_blocks, read_examples, tokenize_examples
+
+    windows = list(eval_blocks(tokenize_examples(list(read_examples(source)), tokenizer), window))
+    if max_tokens is not None:
+        if max_tokens < 1:
+            raise ValueError(f"--max-tokens must be >= 1, got {max_tokens}")
+        kept, total = [], 0
+        for item in windows:
+            if total >= max_tokens:
+                break
+            kept.append(item)
+            total += int((item[1] != -100).sum())
+        windows = kept
+    return windows
+
+
 def compare_losses(model, windows, alpha: float = 1.0, max_windows: int | None = None, progress: bool = False) -> dict:
     """Loss, perplexity and bits per byte of the teacher, the teacher-free student and the mixed model."""
     report = {}
