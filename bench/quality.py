@@ -28,7 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from bench.throughput import train_rate  # noqa: E402
+from bench.throughput import train_rates  # noqa: E402
 from wavedensity import WDAForCausalLM, preset_config  # noqa: E402
 from wavedensity.data import eval_blocks, read_examples, tokenize_examples  # noqa: E402
 from wavedensity.eval import evaluate  # noqa: E402
@@ -63,9 +63,10 @@ def step_seconds(base: TrainConfig, vocab_size: int, rounds: int) -> dict[str, f
               for name, overrides in VARIANTS.items()}
     seq = models["softmax"].config.seq_len
     times = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            times[name].append(base.batch_size * seq / train_rate(model, base.batch_size, seq, steps=3))
+    for _ in range(rounds):  # train_rates steps the models in turn
+        rates = train_rates(list(models.values()), base.batch_size, seq, steps=3)
+        for name, rate in zip(models, rates):
+            times[name].append(base.batch_size * seq / rate)
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
