@@ -6,6 +6,7 @@ Run (the teacher: smollm2 / gemma3-270m, fetched and converted on first use, a d
         [--eval-tokens N --transfer-steps N --e2e-steps N --batch B --budget-min M]
     python -m bench.transplant_real --smoke          # seconds: every phase on a tiny random Llama
     python -m bench.transplant_real --table runs/bench-real/smollm2.json   # the markdown table
+    python -m bench.transplant_real --teacher smollm2 --init-loss          # step-0 transfer loss by init
 
 Distils on ../shared/data text (wiki sample, C4 sample, HH chat), evaluates on the first
 ``--eval-tokens`` tokens of ../shared/data/wikitext2-raw/wiki.test.raw in 256-token windows. Phases,
@@ -36,6 +37,8 @@ from wavedensity.transplant.config import TransplantConfig
 from wavedensity.transplant.evaluation import set_mode
 from wavedensity.transplant.find import decoder_layers, select_layers
 from wavedensity.transplant.trainer import read_transfer_errors, train_transplant
+from wavedensity.transplant.transfer import branch_transfer_loss, capture_attention, init_branches_from_teacher
+from wavedensity.transplant.wrapper import wrappers_of
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -110,9 +113,14 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="runs/bench-transplant-real/results.json")
     parser.add_argument("--out", default="runs/bench-transplant-real")
     parser.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and exit")
+    parser.add_argument("--init-loss", action="store_true",
+                        help="only the transfer loss before training of random / vo / vo+qk branches (one window)")
     args = parser.parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(Path(args.table).read_text(encoding="utf-8"))))
+        return 0
+    if args.init_loss:
+        print(json.dumps(init_losses(args)))
         return 0
     for folder in ("wiki-sample", "c4-sample", "chat-hh", "wikitext2-raw"):
         if not (SHARED / folder).is_dir():
@@ -220,6 +228,29 @@ def main(argv=None) -> int:
     path.write_text(json.dumps(results, indent=1), encoding="utf-8")
     print(f"done in {results['total_min']} min; results in {path}")
     return 0
+
+
+@torch.no_grad()
+def init_losses(args) -> dict:
+    """Normalised transfer loss of every layer before any training, for random branches and after
+    ``init_from_teacher`` ``["vo"]`` and ``["vo", "qk"]``, on one captured batch (the first window)."""
+    torch.manual_seed(0)
+    teacher, tokenizer = load_teacher(args.teacher, "float32", "cpu")
+    text_config = teacher.config.get_text_config(decoder=True)
+    args.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    config = run_config(args, Path(args.out) / "unused")
+    ids = eval_windows(tokenizer, args.seq, args.seq)[0][0][None]
+    model = transplant_model(teacher, args.teacher, list(range(len(decoder_layers(teacher)[1]))),
+                             config.wda_settings(), config.init_gamma, config.alpha_layer_scale)
+    captured = capture_attention(model, ids)
+    report = {}
+    for name, parts in (("random", []), ("vo", ["vo"]), ("vo+qk", ["vo", "qk"])):
+        if parts:
+            init_branches_from_teacher(model, parts)
+        losses = [float(branch_transfer_loss(w, *captured[w.layer]).mean()) for w in wrappers_of(model)]
+        report[name] = {"mean": round(sum(losses) / len(losses), 4), "min": round(min(losses), 4),
+                        "max": round(max(losses), 4)}
+    return report
 
 
 def markdown_table(results: dict) -> str:

@@ -162,6 +162,9 @@ def test_transplant_real_smoke(one_thread, tmp_path):
     phases = [p["phase"] for p in json.loads((tmp_path / "r.json").read_text())["phases"]]
     assert phases[0] == "teacher" and len(phases) == 7 and phases[-1].startswith("teacher-free after transfer + 1 end")
     assert any(p.startswith("hybrid keeping 25%") for p in phases) and "cached decoding" in phases[4]
+    text = printed_by(transplant_real.main, ["--teacher", str(tmp_path / "tiny-teacher"), "--seq", "32", "--init-loss",
+                                             "--out", str(tmp_path)])
+    assert set(json.loads(text.strip().splitlines()[-1])) == {"random", "vo", "vo+qk"}
 
 
 def test_gpu_check_dry_run(one_thread):
