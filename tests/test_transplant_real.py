@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from wavedensity.transplant import set_mixing
+from wavedensity.transplant import attention_transfer_losses, set_mixing
 from wavedensity.transplant.adapter import load_teacher, transplant_model
+from wavedensity.transplant.wrapper import trainable_parameters
 from wavedensity.transplant.teachers import REFERENCE_FILE, TeacherFetchError, fetch_teacher
 
 # A small branch: these tests check exactness, not quality, and must run in seconds on 2 cores.
@@ -67,4 +68,29 @@ def test_teacher_free_cached_generation_equals_uncached(smollm2):
             out = model(cached[:, t:t + 1], cache=out.cache, use_cache=True)
             steps.append(out.logits)
     assert torch.equal(cached, uncached)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
+    # float32 round-off of a different summation order (cached rows vs one full pass) through 30 layers:
+    # the logits reach ~|20|, and a few of 600k elements differ by ~1e-4 in absolute terms
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5 * full.abs().max().item(), rtol=1e-4)
+
+
+def test_attention_transfer_steps_lower_every_wrapped_layers_loss(smollm2):
+    """A few layer-local transfer steps on one real batch: the teacher runs once per step under no_grad
+    and stops after the last wrapped layer; every wrapped layer's own loss falls. (Last in the module:
+    it trains the shared model's branches.)"""
+    _, _, _, tokenizer, model = smollm2
+    text = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is Rome."
+    ids = torch.tensor([tokenizer(text).input_ids[:BRANCH["seq_len"]]])
+    optimizer = torch.optim.Adam(trainable_parameters(model).values(), lr=3e-3)
+    with torch.no_grad():
+        before = {layer: loss.item() for layer, loss in attention_transfer_losses(model, ids).items()}
+    model.train()
+    for _ in range(4):
+        losses = attention_transfer_losses(model, ids)
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        after = {layer: loss.item() for layer, loss in attention_transfer_losses(model, ids).items()}
+    assert sorted(before) == WRAPPED
+    assert all(after[layer] < before[layer] for layer in WRAPPED), (before, after)
