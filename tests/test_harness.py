@@ -24,6 +24,8 @@ CHOICE_ROWS = [
     {"context": "hello", "choices": [" world", " there", " you"], "answer": 2},
     {"context": "one two", "choices": [" three", " four"], "answer": 0},
 ]
+# target_delimiter "": the harness scores exactly context + choice (its default " " would add a second
+# space before each choice, which the model's own scores below do not)
 CHOICE_TASK = """\
 task: wda_tiny_choice
 dataset_path: json
@@ -33,6 +35,7 @@ dataset_kwargs:
   cache_dir: {cache}
 test_split: test
 output_type: multiple_choice
+target_delimiter: ""
 doc_to_text: "{{{{context}}}}"
 doc_to_choice: "{{{{choices}}}}"
 doc_to_target: "{{{{answer}}}}"

@@ -1,4 +1,4 @@
-"""``ContentPath``: the WDA layer's content path, causal linear attention with the options of issue 15.
+"""``ContentPath``: the WDA layer's content path, causal linear attention with its retrieval options.
 
 The layer computes the rank-R query/key projections (``content_q_proj`` / ``content_k_proj``, the
 release's names) and its values; this module turns them into the content context ``[B, H, S, Dh]``:

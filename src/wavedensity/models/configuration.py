@@ -54,7 +54,7 @@ class WDAConfig(PreTrainedConfig):
 
     Unknown keyword arguments are refused by name (``PreTrainedConfig``'s own keywords pass).
 
-    Content-path options (issue 15; ``content_rank`` sets the query/key rank, ``content_mix`` its share,
+    Content-path options (``content_rank`` sets the query/key rank, ``content_mix`` its share,
     ``content_mix=1`` makes it the whole mixer and skips the wave path):
         content_feature_map: ``"elu"`` (the release's ``elu + 1``), ``"taylor"`` (Based's second-order
             Taylor map, width ``1 + R + R^2``), ``"hedgehog"`` (learned softmax-mimicking map, width ``2R``).
@@ -165,7 +165,7 @@ class WDAConfig(PreTrainedConfig):
         self.validate_recall_options()
 
     def validate_recall_options(self):
-        """The content-path options and hybrid stacks of issue 15."""
+        """The content-path options and hybrid stacks."""
         if self.content_feature_map not in FEATURE_MAPS:
             raise ValueError(f"WDAConfig.content_feature_map={self.content_feature_map!r} is not one of {FEATURE_MAPS}")
         for name in ("content_conv", "sliding_window", "softmax_window"):

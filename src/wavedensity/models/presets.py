@@ -17,13 +17,14 @@ PRESETS: dict[str, dict] = {
                      num_masks=8, num_waves_per_mask=4, topk_masks=4, content_rank=4, gate_hidden=32),
     "cpu-small": dict(WDA_130M, vocab_size=256, seq_len=128, embed_dim=192, num_layers=4, num_heads=4,
                       num_masks=16, num_waves_per_mask=8, topk_masks=8, content_rank=8, gate_hidden=64),
-    # Recall (issue 15, docs/benchmarks.md "MQAR at Zoology's settings"): the content path as the whole
+    # Recall (docs/benchmarks.md "MQAR at Zoology's settings"): the content path as the whole
     # mixer (no wave path, no softmax): Based's Taylor map on rank-16 queries/keys after a 4-tap causal
-    # conv, unnormalised; fixed-size decoding state. The MQAR cell (256 tokens, 16 pairs, width 128).
+    # conv, unnormalised; fixed-size decoding state. The MQAR cell (256 tokens, 16 pairs, width 128);
+    # PyTorch's default initialisation, under which MQAR trains (init="release").
     "cpu-recall": dict(WDA_130M, vocab_size=8192, seq_len=256, embed_dim=128, num_layers=2, num_heads=2,
                        num_masks=8, num_waves_per_mask=4, topk_masks=4, gate_hidden=32, content_mix=1.0,
                        content_rank=16, content_feature_map="taylor", content_conv=4, content_normalize=False,
-                       tie_embeddings=True),
+                       tie_embeddings=True, init="release"),
 }  # fmt: skip
 
 

@@ -57,7 +57,9 @@ def to_release_state_dict(state_dict: dict[str, torch.Tensor], config: WDAConfig
         raise ValueError("only WDA models have a release format (mixer='softmax' has none)")
     state_dict, sizes = dict(state_dict), input_projection_sizes(config)
     for index in range(config.num_layers):  # the release stores each input projection on its own
-        split_input_projection(state_dict, f"model.layers.{index}.mixer.", sizes)
+        prefix = f"model.layers.{index}.mixer."
+        if f"{prefix}in_proj.weight" in state_dict:  # partial state dicts (a transplant's top level) lack layers
+            split_input_projection(state_dict, prefix, sizes)
     out = {}
     for key, tensor in state_dict.items():
         if key in TOP_LEVEL:

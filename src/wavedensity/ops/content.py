@@ -1,7 +1,7 @@
 """The optional content path: causal linear attention (docs/architecture.md §1.7) and the options that let it retrieve.
 
 The release's path is normalised causal linear attention with ``phi(z) = elu(z) + 1``. The options
-(issue 15, each with a plain reference below its fast path):
+(each with a plain reference below its fast path):
 
 - feature maps ``phi``: ``elu`` (the release), ``taylor`` (Based's second-order Taylor expansion of
   ``exp(q.k / sqrt(R))``), ``hedgehog`` (a learned map that mimics softmax, Hedgehog / LoLCATs);

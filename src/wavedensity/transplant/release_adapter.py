@@ -93,12 +93,13 @@ def load_release_adapter(model, path) -> dict:
     ours = {}
     for wrapper_path, wrapper in wrapper_paths(model):
         prefix, config = _block_prefix(wrapper_path), wrapper.wda_config
-        shell = {k: torch.zeros(v.shape) for k, v in _shell(wrapper).state_dict().items() if ".layers." not in k}
+        shapes = _shell(wrapper).state_dict()  # meta tensors: the keys and shapes a conversion must give
+        shell = {k: torch.zeros(v.shape) for k, v in shapes.items() if ".layers." not in k}
         release = {k: v for k, v in to_release_state_dict(shell, config).items() if not k.startswith("blocks.")}
         release.update({f"blocks.0.{k}": v for k, v in release_buffers(config.seq_len).items()})
         release.update({"blocks.0." + k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         try:
-            converted = from_release_state_dict(release, config)
+            converted = from_release_state_dict(release, config, shapes)
         except (KeyError, ValueError) as err:  # a stored buffer of another seq_len
             raise TransplantError(f"release adapter {path}, {wrapper_path}: {str(err).replace('blocks.0.', prefix)}") from None
         for key, tensor in converted.items():
