@@ -16,9 +16,8 @@ from wavedensity.transplant.adapter import read_adapter
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog {i % 7}.\n" for i in range(300))
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("teacher")
+def write_teacher(root):
+    """A tiny Llama teacher with its character tokenizer under ``root/model`` and its text in ``root/data.txt``."""
     tokenizer = train_char_tokenizer([TEXT])
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=24, intermediate_size=48,
@@ -28,6 +27,11 @@ def teacher_dir(tmp_path_factory):
     tokenizer.save_pretrained(root / "model")
     (root / "data.txt").write_text(TEXT, encoding="utf-8")
     return root
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    return write_teacher(tmp_path_factory.mktemp("teacher"))
 
 
 def write_config(path, teacher_dir, **overrides):

@@ -256,18 +256,6 @@ def test_two_stage_run_resumes_mid_transfer_like_an_uninterrupted_run(tmp_path):
 
 
 def _teacher_root(tmp_path):
-    from test_transplant_cli import TEXT
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from test_transplant_cli import write_teacher
 
-    from wavedensity.data import train_char_tokenizer
-
-    root = tmp_path / "teacher"
-    tokenizer = train_char_tokenizer([TEXT])
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=24, intermediate_size=48,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=64))
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    (root / "data.txt").write_text(TEXT, encoding="utf-8")
-    return root
+    return write_teacher(tmp_path / "teacher")
