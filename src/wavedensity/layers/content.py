@@ -31,6 +31,8 @@ WINDOW_STATE = ("k", "v", "k_feat", "valid")
 
 
 class ContentPath(nn.Module):
+    """The content context of one WDA layer from its queries, keys and values (see the module docstring)."""
+
     def __init__(self, config):
         super().__init__()
         d, h, r = config.embed_dim, config.num_heads, config.content_rank
