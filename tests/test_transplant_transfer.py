@@ -255,6 +255,31 @@ def test_two_stage_run_resumes_mid_transfer_like_an_uninterrupted_run(tmp_path):
     assert read_adapter(tmp_path / "hybrid")[0]["layers"] == [1 - kept]
 
 
+def test_each_stage_ends_with_a_teacher_free_validation_row(tmp_path):
+    from wavedensity.transplant.evaluation import compare_losses, load_student, validation_windows
+
+    # the schedule hands off after the transfer stage (teacher scale 1 -> 0 over steps 2..4 of its own)
+    config = TransplantConfig.from_file(write_config(
+        tmp_path / "c.json", _teacher_root(tmp_path), steps=5, attention_transfer={"steps": 3, "lr": 1e-2},
+        eval_every=100, save_every=3, out_dir=str(tmp_path / "run")))
+    result = train_transplant(config, progress=False, log=lambda *_: None)
+    assert "stage_end" not in result and result["step"] == 5  # the schedule's own last validation
+    rows = [r for r in _rows(tmp_path / "run") if r.get("stage_end")]
+    assert [(r["kind"], r["step"], r["stage"], r["mode"]) for r in rows] == [
+        ("val", 3, "transfer", "teacher_free"), ("val", 5, "end_to_end", "teacher_free")]
+    # each row is what `wda transplant eval` reports for the adapter of that step: the first eval_batches
+    # validation batches within the run, all of them at its end
+    adapters = [tmp_path / "run" / "adapters" / "step-000003", tmp_path / "run"]
+    for row, adapter, windows in zip(rows, adapters, [config.eval_batches * config.micro_batch_size, None]):
+        model, tokenizer = load_student(config, adapter)
+        report = compare_losses(model, validation_windows(config, tokenizer), max_windows=windows)
+        for key in ("loss", "bits_per_byte", "tokens"):
+            assert row[key] == pytest.approx(report["teacher_free"][key], rel=1e-5)
+        assert row["teacher_loss"] == pytest.approx(report["teacher"]["loss"], rel=1e-5)
+        assert row["teacher_bits_per_byte"] == pytest.approx(report["teacher"]["bits_per_byte"], rel=1e-5)
+    assert rows[0]["loss"] != rows[1]["loss"]
+
+
 def _teacher_root(tmp_path):
     from test_transplant_cli import write_teacher
 

@@ -53,6 +53,7 @@ from .adapter import (
 )
 from ..jsonfile import read_json
 from .config import TransplantConfig
+from .evaluation import set_mode
 from .find import TransplantError, decoder_layers, select_layers
 from .losses import feature_losses, kl_per_token, layer_taps, masked_sum
 from .schedule import Mixing, mixing_at
@@ -285,20 +286,42 @@ def _train_transplant(config: TransplantConfig, run_dir: Path, runtime, *, resum
     if config.gradient_checkpointing:
         model.base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     teacher_val = {}
+    shards = dict(batch_size=config.micro_batch_size, rank=runtime.rank, world_size=runtime.world_size,
+                  progress=progress)
 
-    def validate(step: int) -> dict:
-        every = None if step == config.steps else config.eval_batches * config.micro_batch_size
-        shards = dict(batch_size=config.micro_batch_size, rank=runtime.rank, world_size=runtime.world_size,
-                      progress=progress)
+    def val_windows_at(step: int) -> int | None:
+        """All validation windows at the last step, the first ``eval_batches`` batches before."""
+        return None if step == config.steps else config.eval_batches * config.micro_batch_size
+
+    def teacher_at(step: int) -> dict:
+        every = val_windows_at(step)
         if every not in teacher_val:  # the teacher does not change: evaluate it once per window count
             with teacher_mode(model):
                 teacher_val[every] = evaluate(model, val_windows, max_windows=every, desc=f"val {step} teacher",
                                               **shards)
-        result = evaluate(model, val_windows, max_windows=every, desc=f"val {step} student", **shards)
+        return teacher_val[every]
+
+    def validate(step: int) -> dict:
+        teacher = teacher_at(step)
+        result = evaluate(model, val_windows, max_windows=val_windows_at(step), desc=f"val {step} student", **shards)
         set_training_mode(model, config.gradient_checkpointing)  # evaluate() leaves the model in eval mode
-        row = {"step": step, "kind": "val", **result, "teacher_loss": teacher_val[every]["loss"],
+        row = {"step": step, "kind": "val", **result, "teacher_loss": teacher["loss"],
                "stage": stage_at(step - 1, config)[0],
                **{k: v for k, v in vars(mixing_for(step - 1, config)).items() if v is not None}}
+        metrics.write(row)
+        return row
+
+    def validate_stage(step: int, stage: str, mixing: Mixing) -> dict:
+        """The row that closes a stage: the teacher-free student (alpha 1, teacher scale 0, whatever the
+        schedule's mixing) beside the teacher, so a run shows the quality each stage reached."""
+        teacher = teacher_at(step)
+        set_mode(model, "wda")
+        result = evaluate(model, val_windows, max_windows=val_windows_at(step), desc=f"{stage} end: teacher-free",
+                          **shards)
+        apply_mixing(model, mixing)  # the step's own, for the rest of it
+        set_training_mode(model, config.gradient_checkpointing)
+        row = {"step": step, "kind": "val", "stage": stage, "stage_end": True, "mode": "teacher_free", **result,
+               "teacher_loss": teacher["loss"], "teacher_bits_per_byte": teacher["bits_per_byte"]}
         metrics.write(row)
         return row
 
@@ -358,6 +381,12 @@ def _train_transplant(config: TransplantConfig, run_dir: Path, runtime, *, resum
                 if runtime.is_main:
                     bar.write(f"step {done}: val loss {row['loss']:.4f} (teacher {row['teacher_loss']:.4f}; alpha "
                               f"{row['alpha']:.2f}, teacher scale {row['teacher_scale']:.2f})")
+            if done == config.steps or stage_at(done, config)[0] != stage:
+                row = validate_stage(done, stage, mixing)
+                if runtime.is_main:
+                    bar.write(f"end of stage {stage} (step {done}): teacher-free val loss {row['loss']:.4f}, "
+                              f"{row['bits_per_byte']:.4f} bits/byte (teacher {row['teacher_loss']:.4f}, "
+                              f"{row['teacher_bits_per_byte']:.4f})")
             if done % config.save_every == 0 or done == end:
                 save(done)
             if done % config.eval_every == 0 or done % config.save_every == 0:
@@ -368,10 +397,16 @@ def _train_transplant(config: TransplantConfig, run_dir: Path, runtime, *, resum
     if config.gradient_checkpointing:
         model.base.activation_checkpointing_disable()
     if runtime.is_main:
-        plot_curves(metrics.rows, run_dir / "curves.png", f"transplant {config.teacher_model_id} (student CE)")
+        plot_curves(scheduled_rows(metrics.rows), run_dir / "curves.png",
+                    f"transplant {config.teacher_model_id} (student CE)")
     metrics.close()
-    rows = [r for r in metrics.rows if r["kind"] == "val"]
+    rows = [r for r in scheduled_rows(metrics.rows) if r["kind"] == "val"]
     return rows[-1] if rows else {}
+
+
+def scheduled_rows(rows: list[dict]) -> list[dict]:
+    """The metrics rows of the schedule's own mixing (the curves), without the rows closing each stage."""
+    return [r for r in rows if not r.get("stage_end")]
 
 
 def train_step(trained, model, optimizer, micro_batches, config: TransplantConfig, train_config, runtime,
