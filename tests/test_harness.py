@@ -15,7 +15,7 @@ from lm_eval.tasks.wikitext.preprocess_wikitext import wikitext_detokenizer
 from wavedensity.cli import main
 from wavedensity.data import train_char_tokenizer
 from wavedensity.share.card import harness_lines
-from wavedensity.share.harness import HarnessError, run_harness, wikitext_documents
+from wavedensity.eval.harness import HarnessError, run_harness, wikitext_documents
 
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
 CHOICE_ROWS = [
@@ -175,3 +175,81 @@ def test_harness_refuses_what_it_cannot_evaluate_honestly(model_dir, tmp_path, c
     assert code == 2 and "--limit only apply with --harness" in message
     code, message = err(["eval", "--model", str(model_dir)])
     assert code == 2 and "needs --data PATH (held-out text) or --harness TASKS" in message
+
+
+# ---- a transplanted teacher: `wda transplant eval --harness` ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def transplant_run(tmp_path_factory):
+    """A tiny Llama teacher (character tokenizer) and an adapter of WDA branches in both its layers, with
+    gammas far from 0 so the teacher-free student scores differently from the teacher."""
+    from test_transplant_cli import write_config, write_teacher
+
+    from wavedensity.transplant.adapter import save_adapter
+    from wavedensity.transplant.config import TransplantConfig
+    from wavedensity.transplant.trainer import build_student
+    from wavedensity.transplant.wrapper import wrappers_of
+
+    root = write_teacher(tmp_path_factory.mktemp("transplant-teacher"))
+    config = write_config(root / "config.json", root)
+    model, _ = build_student(TransplantConfig.from_file(config), torch.device("cpu"))
+    with torch.no_grad():
+        for wrapper in wrappers_of(model):
+            wrapper.gamma.fill_(0.7)
+    save_adapter(model, root / "adapter", step=0)
+    return root, config, root / "adapter"
+
+
+def test_transplant_harness_scores_the_teacher_at_alpha_0_and_the_student_teacher_free(transplant_run, tmp_path,
+                                                                                      capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from wavedensity.transplant.config import TransplantConfig
+    from wavedensity.transplant.evaluation import load_student, set_mode
+
+    root, config, adapter = transplant_run
+    raw = tmp_path / "wiki.test.raw"
+    raw.write_text(WIKITEXT_RAW.lower(), encoding="utf-8")
+    wikitext = ["--harness", "wikitext", "--task-data", f"wikitext={raw}", "--include-path",
+                str(LM_EVAL_TASKS / "wikitext"), "--json"]
+
+    def transplant_eval(*extra):
+        assert main(["transplant", "eval", "--config", str(config), "--adapter", str(adapter), *wikitext, *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    teacher = AutoModelForCausalLM.from_pretrained(root / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(root / "model")
+    # the transplant's context (its branches' seq_len) bounds the harness's windows; the teacher gets the same
+    alone = run_harness(teacher, tokenizer, ["wikitext"], max_length=32, include_paths=[str(LM_EVAL_TASKS / "wikitext")],
+                        task_data={"wikitext": str(raw)})["results"]["wikitext"]
+    at_alpha_0 = transplant_eval("--mode", "teacher")
+    assert at_alpha_0["results"]["wikitext"] == alone and at_alpha_0["model"] == str(adapter)
+    teacher_free = transplant_eval()  # default mode: wda
+    assert teacher_free["results"]["wikitext"]["bits_per_byte,none"] != alone["bits_per_byte,none"]
+
+    # teacher-free on a multiple-choice task: the student's own scores pick the same answers
+    student, _ = load_student(TransplantConfig.from_file(config), adapter)
+    set_mode(student, "wda")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in CHOICE_ROWS), encoding="utf-8")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "choice.yaml").write_text(CHOICE_TASK.format(rows=rows, cache=tmp_path / "cache"))
+    report = run_harness(student, tokenizer, ["wda_tiny_choice"], include_paths=[str(tmp_path / "tasks")],
+                         routing=student.config.transplant["wda"]["routing"])
+    encode = lambda text: tokenizer(text).input_ids
+    right = [min(range(len(r["choices"])), key=lambda i: nats(student, encode(r["context"]), encode(r["choices"][i])))
+             == r["answer"] for r in CHOICE_ROWS]
+    assert report["results"]["wda_tiny_choice"]["acc,none"] == pytest.approx(sum(right) / len(right))
+    with pytest.raises(HarnessError, match="routing='pooled' reads later tokens"):
+        run_harness(student, tokenizer, ["wda_tiny_choice"], routing="pooled")
+
+
+def test_transplant_eval_keeps_the_harness_and_plain_options_apart(transplant_run, capsys):
+    _, config, adapter = transplant_run
+    base = ["transplant", "eval", "--config", str(config), "--adapter", str(adapter)]
+    for extra, message in [(["--harness", "x", "--data", "y"], "--data and --harness are two different evaluations"),
+                           (["--limit", "2"], "--limit only apply with --harness"),
+                           (["--mode", "teacher"], "--mode only applies with --harness"),
+                           (["--harness", "x", "--task-data", "x"], "--task-data 'x': expected TASK=FILE")]:
+        assert main(base + extra) == 2 and message in capsys.readouterr().err

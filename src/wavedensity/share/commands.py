@@ -1,13 +1,14 @@
-"""``wda export`` and ``wda eval --harness``: sharing a model and evaluating it with lm-evaluation-harness.
+"""``wda export`` and ``wda eval --harness``: sharing a model and evaluating it with lm-evaluation-harness
+(``eval/harness.py``, which ``wda transplant eval --harness`` shares).
 
 Failures raise ValueError subclasses, which ``wda``'s ``main`` prints as one ``wda: error:`` line.
 Heavy modules are imported inside the commands, as in ``cli.py``.
 """
 
 import argparse
-import json
 from pathlib import Path
 
+from ..eval.harness import add_harness_arguments, check_harness_flags, check_no_harness_flags, harness_command
 from ..train.checkpoint import run_model_directory
 
 
@@ -28,20 +29,7 @@ def register_share_commands(commands, eval_parser: argparse.ArgumentParser) -> N
                         help="results of `wda eval --harness ... --output FILE` to report in the card (repeatable)")
     export.set_defaults(run=cmd_export)
 
-    harness = eval_parser.add_argument_group(
-        "lm-evaluation-harness", "With --harness TASKS (instead of --data) the model is evaluated by lm_eval.")
-    harness.add_argument("--harness", metavar="TASKS", help="comma-separated harness tasks, e.g. "
-                         "wikitext,lambada_openai,hellaswag,arc_easy,piqa (their data comes from the hub)")
-    harness.add_argument("--include-path", action="append", default=[], metavar="DIR",
-                         help="directory of custom task YAML files (repeatable)")
-    harness.add_argument("--task-data", action="append", default=[], metavar="TASK=FILE",
-                         help="run TASK on local rows in FILE (.json/.jsonl in the task's dataset format, or a "
-                              "WikiText .raw file for wikitext) instead of its hub dataset (repeatable)")
-    harness.add_argument("--limit", type=int, help="evaluate at most this many examples per task")
-    harness.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (default: the task's)")
-    harness.add_argument("--batch-size", type=int, default=1)
-    harness.add_argument("--output", metavar="FILE", help="write the results as JSON (for `wda export "
-                         "--harness-results`)")
+    add_harness_arguments(eval_parser)
     plain_eval = eval_parser.get_default("run")
 
     def run_eval(args) -> int:
@@ -53,56 +41,16 @@ def register_share_commands(commands, eval_parser: argparse.ArgumentParser) -> N
 def _plain_eval(args, plain_eval) -> int:
     if args.data is None:
         raise ValueError("wda eval needs --data PATH (held-out text) or --harness TASKS (lm-evaluation-harness)")
-    used = [flag for flag, value in (("--include-path", args.include_path), ("--task-data", args.task_data),
-                                     ("--limit", args.limit), ("--num-fewshot", args.num_fewshot),
-                                     ("--output", args.output)) if value]
-    if used:
-        raise ValueError(f"{', '.join(used)} only apply with --harness")
+    check_no_harness_flags(args)
     return plain_eval(args)
-
-
-def parse_task_data(entries: list[str]) -> dict[str, str]:
-    pairs = {}
-    for entry in entries:
-        task, sep, path = entry.partition("=")
-        if not sep or not task or not path:
-            raise ValueError(f"--task-data {entry!r}: expected TASK=FILE")
-        if task in pairs:
-            raise ValueError(f"--task-data names {task} twice")
-        pairs[task] = path
-    return pairs
 
 
 def cmd_harness(args) -> int:
     from ..generation import load_model_and_tokenizer
-    from .harness import run_harness
 
-    if args.data is not None or args.max_windows is not None:
-        raise ValueError("--data/--max-windows and --harness are two different evaluations: give one")
-    for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
+    check_harness_flags(args)
     model, tokenizer = load_model_and_tokenizer(args.model)
-    tasks = [task.strip() for task in args.harness.split(",") if task.strip()]
-    report = run_harness(model, tokenizer, tasks, include_paths=args.include_path,
-                         task_data=parse_task_data(args.task_data), limit=args.limit, num_fewshot=args.num_fewshot,
-                         batch_size=args.batch_size)
-    report["model"] = args.model
-    if args.output:
-        Path(args.output).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    if args.json:
-        print(json.dumps(report, indent=1))
-        return 0
-    from lm_eval.utils import make_table
-
-    print(f"{args.model} ({model.config.mixer}, routing={model.config.routing}), lm_eval "
-          f"{report['lm_eval_version']}, limit {args.limit or 'none'}")
-    print(make_table(report))
-    for task, source in report["data"].items():
-        print(f"  {task}: {source}")
-    if args.output:
-        print(f"wrote {args.output}")
-    return 0
+    return harness_command(args, model, tokenizer, f"{args.model} ({model.config.mixer}, routing={model.config.routing})")
 
 
 def cmd_export(args) -> int:

