@@ -9,7 +9,7 @@ import lm_eval
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_model
+from conftest import tiny_model, tiny_transplant
 from lm_eval.tasks.wikitext.preprocess_wikitext import wikitext_detokenizer
 
 from wavedensity.cli import main
@@ -235,14 +235,21 @@ def test_transplant_harness_scores_the_teacher_at_alpha_0_and_the_student_teache
     rows.write_text("".join(json.dumps(r) + "\n" for r in CHOICE_ROWS), encoding="utf-8")
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "choice.yaml").write_text(CHOICE_TASK.format(rows=rows, cache=tmp_path / "cache"))
-    report = run_harness(student, tokenizer, ["wda_tiny_choice"], include_paths=[str(tmp_path / "tasks")],
-                         routing=student.config.transplant["wda"]["routing"])
+    report = run_harness(student, tokenizer, ["wda_tiny_choice"], include_paths=[str(tmp_path / "tasks")])
     encode = lambda text: tokenizer(text).input_ids
     right = [min(range(len(r["choices"])), key=lambda i: nats(student, encode(r["context"]), encode(r["choices"][i])))
              == r["answer"] for r in CHOICE_ROWS]
     assert report["results"]["wda_tiny_choice"]["acc,none"] == pytest.approx(sum(right) / len(right))
     with pytest.raises(HarnessError, match="routing='pooled' reads later tokens"):
-        run_harness(student, tokenizer, ["wda_tiny_choice"], routing="pooled")
+        run_harness(tiny_transplant("llama", routing="pooled"), tokenizer, ["wda_tiny_choice"])
+
+    # its export (teacher-free, the mixing saved in it) through `wda eval --harness`: the same scores
+    export = tmp_path / "export"
+    assert main(["transplant", "export", "--adapter", str(adapter), "--out", str(export), "--mode", "wda"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--model", str(export), *wikitext]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["results"]["wikitext"] == teacher_free["results"]["wikitext"]
 
 
 def test_transplant_eval_keeps_the_harness_and_plain_options_apart(transplant_run, capsys):
@@ -253,3 +260,18 @@ def test_transplant_eval_keeps_the_harness_and_plain_options_apart(transplant_ru
                            (["--mode", "teacher"], "--mode only applies with --harness"),
                            (["--harness", "x", "--task-data", "x"], "--task-data 'x': expected TASK=FILE")]:
         assert main(base + extra) == 2 and message in capsys.readouterr().err
+
+
+def test_a_saved_transplant_with_missing_weights_is_refused_by_name(transplant_run, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    _, config, adapter = transplant_run
+    export = tmp_path / "export"
+    assert main(["transplant", "export", "--adapter", str(adapter), "--out", str(export)]) == 0
+    weights = load_file(export / "model.safetensors")
+    dropped = next(name for name in weights if name.endswith(".gamma"))
+    save_file({k: v for k, v in weights.items() if k != dropped}, export / "model.safetensors", {"format": "pt"})
+    capsys.readouterr()
+    assert main(["eval", "--model", str(export), "--harness", "wikitext"]) == 2
+    message = capsys.readouterr().err
+    assert "do not match its config: 1 missing keys" in message and dropped in message

@@ -263,10 +263,10 @@ def test_each_stage_ends_with_a_teacher_free_validation_row(tmp_path):
         tmp_path / "c.json", _teacher_root(tmp_path), steps=5, attention_transfer={"steps": 3, "lr": 1e-2},
         eval_every=100, save_every=3, out_dir=str(tmp_path / "run")))
     result = train_transplant(config, progress=False, log=lambda *_: None)
-    assert "stage_end" not in result and result["step"] == 5  # the schedule's own last validation
-    rows = [r for r in _rows(tmp_path / "run") if r.get("stage_end")]
-    assert [(r["kind"], r["step"], r["stage"], r["mode"]) for r in rows] == [
-        ("val", 3, "transfer", "teacher_free"), ("val", 5, "end_to_end", "teacher_free")]
+    assert result["kind"] == "val" and result["step"] == 5  # the schedule's own last validation
+    rows = [r for r in _rows(tmp_path / "run") if r["kind"] == "stage_val"]
+    assert [(r["step"], r["stage"], r["mode"]) for r in rows] == [(3, "transfer", "teacher_free"),
+                                                                   (5, "end_to_end", "teacher_free")]
     # each row is what `wda transplant eval` reports for the adapter of that step: the first eval_batches
     # validation batches within the run, all of them at its end
     adapters = [tmp_path / "run" / "adapters" / "step-000003", tmp_path / "run"]

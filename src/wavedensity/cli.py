@@ -386,8 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
     sampling_args(chat)
     chat.set_defaults(run=cmd_chat)
     add_transplant_commands(commands)
-    register_share_commands(commands, eval_p)
+    register_share_commands(commands, eval_p, {"wda_transplant": load_transplanted})
     return parser
+
+
+def load_transplanted(directory):
+    """``wda eval --harness`` on a saved or exported transplanted model (the transplant loads it)."""
+    from .transplant.evaluation import load_saved_transplant
+
+    return load_saved_transplant(directory)
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None):

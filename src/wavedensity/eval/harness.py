@@ -129,20 +129,18 @@ def context_length(config) -> int:
     return int(length)
 
 
-def run_harness(model, tokenizer, tasks: list[str], *, routing: str | None = None, max_length: int | None = None,
-                include_paths: list[str] = (), task_data: dict[str, str] | None = None, limit: int | None = None,
-                num_fewshot: int | None = None, batch_size: int = 1, bootstrap_iters: int = 1000) -> dict:
+def run_harness(model, tokenizer, tasks: list[str], *, max_length: int | None = None, include_paths: list[str] = (),
+                task_data: dict[str, str] | None = None, limit: int | None = None, num_fewshot: int | None = None,
+                batch_size: int = 1, bootstrap_iters: int = 1000) -> dict:
     """Evaluate the causal LM ``model`` with lm-evaluation-harness; returns the results (JSON-serialisable).
-    ``routing``: the WDA routing of its attention (default: a native model's ``config.routing``; a
-    transplant passes its branches'); ``max_length``: default ``context_length(model.config)``."""
+    A config with ``routing`` (a WDA model's, a transplant's branches') must route causally;
+    ``max_length`` defaults to ``context_length(model.config)``."""
     import lm_eval
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
     config = model.config
-    if routing is None and getattr(config, "mixer", "wda") == "wda":
-        routing = getattr(config, "routing", None)
-    if routing == "pooled":
+    if getattr(config, "mixer", "wda") == "wda" and getattr(config, "routing", None) == "pooled":
         raise HarnessError("routing='pooled' reads later tokens, so the harness's teacher-forced scores would see the "
                            "answers; evaluate a causal model (routing='prefix' or 'static')")
     if not tasks:
@@ -235,12 +233,12 @@ def check_harness_flags(args) -> None:
     parse_task_data(args.task_data)
 
 
-def harness_command(args, model, tokenizer, heading: str, routing: str | None = None) -> int:
+def harness_command(args, model, tokenizer, heading: str) -> int:
     """Run ``args.harness`` on ``model`` and report it: JSON with ``--json``, else ``heading`` and the
     harness's table; ``--output FILE`` also writes the JSON (``report["model"]`` is ``args.model`` or
     ``args.adapter``, what the command was given). Callers run ``check_harness_flags`` before loading the model."""
     tasks = [task.strip() for task in args.harness.split(",") if task.strip()]
-    report = run_harness(model, tokenizer, tasks, routing=routing, include_paths=args.include_path,
+    report = run_harness(model, tokenizer, tasks, include_paths=args.include_path,
                          task_data=parse_task_data(args.task_data), limit=args.limit, num_fewshot=args.num_fewshot,
                          batch_size=args.batch_size)
     report["model"] = getattr(args, "model", None) or getattr(args, "adapter", None)

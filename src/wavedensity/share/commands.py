@@ -12,8 +12,10 @@ from ..eval.harness import add_harness_arguments, check_harness_flags, check_no_
 from ..train.checkpoint import run_model_directory
 
 
-def register_share_commands(commands, eval_parser: argparse.ArgumentParser) -> None:
-    """Add ``export`` to the subcommands and the ``--harness`` options to ``eval``."""
+def register_share_commands(commands, eval_parser: argparse.ArgumentParser, model_loaders=None) -> None:
+    """Add ``export`` to the subcommands and the ``--harness`` options to ``eval``. ``model_loaders``:
+    ``{model_type: load(directory) -> (model, tokenizer)}`` for saved models that are not native WDA
+    models (``cli.py`` passes the transplant's), which ``--harness`` then evaluates too."""
     export = commands.add_parser(
         "export", help="write a self-contained model directory for the Hugging Face hub (loads without wavedensity)",
         description="Writes OUT with the weights, config.json (auto_map), the generated modeling code, the tokenizer, "
@@ -33,7 +35,7 @@ def register_share_commands(commands, eval_parser: argparse.ArgumentParser) -> N
     plain_eval = eval_parser.get_default("run")
 
     def run_eval(args) -> int:
-        return cmd_harness(args) if args.harness is not None else _plain_eval(args, plain_eval)
+        return cmd_harness(args, model_loaders or {}) if args.harness is not None else _plain_eval(args, plain_eval)
 
     eval_parser.set_defaults(run=run_eval)
 
@@ -45,12 +47,16 @@ def _plain_eval(args, plain_eval) -> int:
     return plain_eval(args)
 
 
-def cmd_harness(args) -> int:
+def cmd_harness(args, model_loaders: dict) -> int:
     from ..generation import load_model_and_tokenizer
+    from ..jsonfile import read_json
 
     check_harness_flags(args)
-    model, tokenizer = load_model_and_tokenizer(args.model)
-    return harness_command(args, model, tokenizer, f"{args.model} ({model.config.mixer}, routing={model.config.routing})")
+    config_file = Path(args.model) / "config.json"
+    model_type = read_json(config_file).get("model_type") if config_file.is_file() else None
+    model, tokenizer = model_loaders.get(model_type, load_model_and_tokenizer)(args.model)
+    kind = getattr(model.config, "mixer", None) or model_type
+    return harness_command(args, model, tokenizer, f"{args.model} ({kind}, routing={model.config.routing})")
 
 
 def cmd_export(args) -> int:

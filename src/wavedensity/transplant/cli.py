@@ -124,7 +124,7 @@ def cmd_eval_harness(args) -> int:
     mixing = "alpha 0: the teacher" if mode == "teacher" else f"alpha {args.alpha:g}, teacher scale " \
         f"{0 if mode == 'wda' else 1}"
     return harness_command(args, model, tokenizer, f"{args.adapter} on {model.config.transplant['base_model']} "
-                           f"(mode {mode}: {mixing})", routing=model.config.transplant["wda"]["routing"])
+                           f"(mode {mode}: {mixing})")
 
 
 def side_by_side(left: str, right: str, width: int = 48) -> list[str]:

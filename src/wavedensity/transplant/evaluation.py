@@ -9,6 +9,7 @@ from ..eval.metrics import batched_windows
 from ..progress import progress_bar
 from .adapter import is_release_payload, load_adapter, load_teacher, read_adapter, transplant_model
 from .config import TransplantConfig
+from .find import TransplantError
 from .wrapper import set_mixing, teacher_mode
 
 MODES = ("teacher", "wda", "mixed")
@@ -43,6 +44,30 @@ def load_student(config: TransplantConfig, adapter):
     model = transplant_model(teacher, config.teacher_model_id, meta["layers"], meta["wda"], meta["init_gamma"],
                              meta["alpha_layer_scale"])
     load_adapter(model, adapter)
+    return model.eval(), tokenizer
+
+
+def load_saved_transplant(directory):
+    """A saved transplanted model (``save_pretrained``, or the hub directory of ``wda transplant export``)
+    with the tokenizer beside it, in our own classes (no remote code runs): (model, tokenizer). It runs
+    with the mixing it was saved with."""
+    from transformers import AutoTokenizer
+
+    from .model import WDATransplantForCausalLM
+
+    try:
+        model, info = WDATransplantForCausalLM.from_pretrained(directory, dtype=torch.float32,
+                                                               output_loading_info=True)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except Exception as err:  # unreadable files, a missing tokenizer: the directory is what is wrong
+        raise TransplantError(f"cannot load the transplanted model in {directory} ({type(err).__name__}: "
+                              f"{' '.join(str(err).split())})") from err
+    # from_pretrained only warns about absent or foreign weights and leaves them random; refuse instead
+    problems = {key: sorted(map(str, names)) for key, names in info.items()
+                if names and key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if problems:
+        raise TransplantError(f"weights in {directory} do not match its config: " + "; ".join(
+            f"{len(names)} {key.replace('_', ' ')} (e.g. {names[0]})" for key, names in problems.items()))
     return model.eval(), tokenizer
 
 

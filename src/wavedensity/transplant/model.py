@@ -48,6 +48,11 @@ class WDATransplantConfig(PreTrainedConfig):
         """The context the WDA branches are defined on (prompt plus generated tokens must fit)."""
         return self.transplant["wda"]["seq_len"]
 
+    @property
+    def routing(self) -> str:
+        """The WDA branches' routing (``pooled`` reads later tokens: not for teacher-forced scoring)."""
+        return self.transplant["wda"]["routing"]
+
     def validate_architecture(self):
         transplant = self.transplant or {}
         missing = [key for key in TRANSPLANT_KEYS if key not in transplant]

@@ -320,7 +320,7 @@ def _train_transplant(config: TransplantConfig, run_dir: Path, runtime, *, resum
                           **shards)
         apply_mixing(model, mixing)  # the step's own, for the rest of it
         set_training_mode(model, config.gradient_checkpointing)
-        row = {"step": step, "kind": "val", "stage": stage, "stage_end": True, "mode": "teacher_free", **result,
+        row = {"step": step, "kind": "stage_val", "stage": stage, "mode": "teacher_free", **result,
                "teacher_loss": teacher["loss"], "teacher_bits_per_byte": teacher["bits_per_byte"]}
         metrics.write(row)
         return row
@@ -397,16 +397,10 @@ def _train_transplant(config: TransplantConfig, run_dir: Path, runtime, *, resum
     if config.gradient_checkpointing:
         model.base.activation_checkpointing_disable()
     if runtime.is_main:
-        plot_curves(scheduled_rows(metrics.rows), run_dir / "curves.png",
-                    f"transplant {config.teacher_model_id} (student CE)")
+        plot_curves(metrics.rows, run_dir / "curves.png", f"transplant {config.teacher_model_id} (student CE)")
     metrics.close()
-    rows = [r for r in scheduled_rows(metrics.rows) if r["kind"] == "val"]
+    rows = [r for r in metrics.rows if r["kind"] == "val"]
     return rows[-1] if rows else {}
-
-
-def scheduled_rows(rows: list[dict]) -> list[dict]:
-    """The metrics rows of the schedule's own mixing (the curves), without the rows closing each stage."""
-    return [r for r in rows if not r.get("stage_end")]
 
 
 def train_step(trained, model, optimizer, micro_batches, config: TransplantConfig, train_config, runtime,
