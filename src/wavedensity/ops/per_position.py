@@ -13,8 +13,8 @@ division (``per_position_context_reference``). The fused form differs in how it 
 and passes, not in what it computes:
 
 - rows are processed in blocks that only see the distances they need, so the lower-triangular
-  products skip most of the upper triangle (about 60% of the FLOPs of the full ``S x S`` products
-  at 4 blocks) in forward and in both backward products;
+  products skip most of the upper triangle (4 blocks compute 10/16 of the full ``S x S`` products)
+  in forward and in both backward products;
 - nothing of size ``S x S`` is saved for backward: each block's kernels, densities and rows are
   recomputed from the weights and the masks (one small GEMM and one sigmoid), where autograd would
   keep the mixed kernel, the sigmoid, the density and the laid-out rows of every block;
@@ -26,8 +26,8 @@ import torch
 from .toeplitz import per_position_from_weights, rows_from_distances
 from .waves import compute_dtype, density
 
-# Rows per block: 64 skips ~60% of the triangle at S = 256 and keeps each product a reasonable GEMM
-# (docs/benchmarks.md, issue 12 section).
+# Rows per block: at S = 256, 64 computes 10/16 of the full products and keeps each one a reasonable
+# GEMM; 32, 128 and 256 measured no clearly faster (docs/benchmarks.md, issue 12 section).
 PER_POSITION_BLOCK = 64
 
 
