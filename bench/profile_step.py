@@ -1,6 +1,7 @@
 """Where the time of one training step goes: torch profiler over forward, backward and AdamW.
 
 Run: python -m bench.profile_step [--preset cpu-small] [--batch 16] [--seq 128] [--mixer wda] [--top 15]
+                                  [--layers N] [--vocab V]
 
 The step is the trainer's (loss from ``shift_labels``, chunked cross-entropy, fused AdamW); one warm-up
 step runs first. Prints the step's wall time and the operators with the most self time.
@@ -29,10 +30,14 @@ def main(argv=None):
     parser.add_argument("--mixer", default="wda", choices=["wda", "softmax"])
     parser.add_argument("--routing", default="prefix", choices=["prefix", "static", "pooled"])
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--layers", type=int, help="override the preset's num_layers")
+    parser.add_argument("--vocab", type=int, help="override the preset's vocab_size")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
-    model = WDAForCausalLM(preset_config(args.preset, mixer=args.mixer, routing=args.routing, seq_len=args.seq)).train()
+    overrides = {k: v for k, v in (("num_layers", args.layers), ("vocab_size", args.vocab)) if v is not None}
+    config = preset_config(args.preset, mixer=args.mixer, routing=args.routing, seq_len=args.seq, **overrides)
+    model = WDAForCausalLM(config).train()
     optimizer = make_optimizer(model, TrainConfig())
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq + 1))
 

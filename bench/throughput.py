@@ -3,18 +3,25 @@ and the softmax baseline of identical dimensions.
 
 Run: python -m bench.throughput [--preset wda-130m] [--train-batch 4] [--seq 256] [--steps 3]
                                 [--decode-batches 1,8] [--new-tokens 64] [--layers N] [--vocab V]
+                                [--baseline-src DIR]
 
 ``--layers`` / ``--vocab`` override the preset's depth and vocabulary (e.g. width 768 with a small
 vocabulary, so the mixers rather than the output head dominate a training step).
 
 MFU counts 6 x (parameters outside the embedding tables) FLOPs per trained token (forward + backward
 of every matmul; the mixers' own kernel work is not counted, which flatters neither side) against the
-float32 GEMM rate this script measures. The decoding bound is bytes of weights read per token over the
+float32 GEMM rate this script measures.
+
+``--baseline-src DIR`` adds the WDA model of another copy of the package (``DIR/wavedensity``, e.g. an
+export of the main branch: ``git archive --prefix=before/ main | tar -x -C /tmp``, then
+``--baseline-src /tmp/before/src``) as the row ``wda (DIR)``, stepped in turn with the others, so a
+change is measured before and after in one run. The decoding bound is bytes of weights read per token over the
 measured matrix-vector read rate.
 """
 
 import argparse
 import datetime
+import importlib.util
 import platform
 import sys
 import time
@@ -25,6 +32,16 @@ import torch
 from wavedensity import WDAForCausalLM, preset_config
 from wavedensity.train import TrainConfig
 from wavedensity.train.trainer import make_optimizer
+
+
+def load_package_copy(src: str, name: str = "wavedensity_baseline"):
+    """Import ``src/wavedensity`` as the package ``name`` (its imports are relative, so both copies coexist)."""
+    package = f"{src.rstrip('/')}/wavedensity"
+    spec = importlib.util.spec_from_file_location(name, f"{package}/__init__.py", submodule_search_locations=[package])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -98,6 +115,7 @@ def main(argv=None):
     parser.add_argument("--no-decode", action="store_true", help="measure training only")
     parser.add_argument("--no-train", action="store_true", help="measure decoding only")
     parser.add_argument("--cached-only", action="store_true", help="skip decoding that recomputes the window")
+    parser.add_argument("--baseline-src", help="also measure the WDA model of the package copy under DIR/wavedensity")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
@@ -111,6 +129,11 @@ def main(argv=None):
     mixers = args.mixers.split(",")
     models = [WDAForCausalLM(preset_config(args.preset, mixer=mixer, seq_len=max(args.seq, 1), **overrides))
               for mixer in mixers]
+    if args.baseline_src:
+        baseline = load_package_copy(args.baseline_src)
+        config = baseline.preset_config(args.preset, mixer="wda", seq_len=max(args.seq, 1), **overrides)
+        models.append(baseline.WDAForCausalLM(config))
+        mixers = [*mixers, f"wda ({args.baseline_src})"]
     rates = [None] * len(models) if args.no_train else train_rates(models, args.train_batch, args.seq, args.steps)
     for mixer, model, rate in zip(mixers, models, rates):
         mfu = None if args.no_train else 6 * matmul_params(model) * rate / (peak * 1e9)

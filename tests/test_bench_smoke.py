@@ -120,6 +120,15 @@ def test_throughput_smoke(one_thread):
     assert "| wda |" in text and "| softmax |" in text
 
 
+def test_throughput_measures_a_package_copy_beside_this_one(one_thread):
+    from bench import throughput
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    text = printed_by(throughput.main, ["--preset", "cpu-tiny", "--seq", "16", "--train-batch", "2", "--steps", "1",
+                                        "--no-decode", "--mixers", "wda", "--baseline-src", src])
+    assert "| wda |" in text and f"| wda ({src}) |" in text
+
+
 def test_profile_step_smoke(one_thread):
     from bench import profile_step
 

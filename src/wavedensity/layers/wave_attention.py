@@ -21,7 +21,9 @@ from ..ops import (
     gate_weights,
     gaussian_window,
     mixed_conv_fft,
+    per_position_context,
     per_position_from_weights,
+    prefix_sum,
     relative_encoding,
     scale_weights,
     wave_masks,
@@ -219,7 +221,7 @@ class WaveDensityAttention(nn.Module):
         if self.routing == "pooled":
             return projected.mean(dim=1, keepdim=True)
         offset = state.length if state is not None else 0
-        running = torch.cumsum(projected.to(compute_dtype(projected.dtype)), dim=1)
+        running = prefix_sum(projected.to(compute_dtype(projected.dtype)))
         if state is not None and state.get("routing_sum") is not None:
             running = running + state.get("routing_sum").unsqueeze(1)
         counts = torch.arange(offset + 1, offset + projected.shape[1] + 1, device=projected.device, dtype=running.dtype)
@@ -296,6 +298,23 @@ class WaveDensityAttention(nn.Module):
         block = self.tiled_block if path == "tiled" else None
         return per_position_from_weights(weights, masks, u, to_density, offset=offset, block=block)
 
+    def fuses_per_position(self, offset: int) -> bool:
+        """Whether ``wave_context`` takes the fused per-position Function (``ops.per_position_context``):
+        prefix routing's mixed-logit kernels with the sigmoid density, for a whole sequence (a cached
+        decoding step keeps the unfused path)."""
+        return self.routing == "prefix" and self.kernel_mix == "logit" and not self.sampling["sampling"] \
+            and offset == 0
+
+    def wave_context(self, weights: torch.Tensor, u: torch.Tensor, offset: int,
+                     state: WDALayerState | None = None) -> torch.Tensor:
+        """``ctx_t = o_t[1:] / (o_t[0] + 1e-8)`` with ``o = apply_kernels(...)``: the wave path's context."""
+        if self.fuses_per_position(offset):
+            masks = self.decoding_masks(u.shape[-2], u.dtype, u.device, state)
+            window = gaussian_window(self.seq_len, device=u.device)
+            return per_position_context(weights, masks, u, window, self.attn_alpha, offset)
+        o = self.apply_kernels(weights, u, offset, state)
+        return o[..., 1:] / (o[..., :1] + 1e-8)
+
     def content_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rank-R query/key features ``[B, H, S, R]`` of the content path, before ``phi``."""
         b, s, _ = x.shape
@@ -338,8 +357,7 @@ class WaveDensityAttention(nn.Module):
         # Kernels, Toeplitz products and the content path run in float32 even under bf16 autocast.
         with torch.autocast(x.device.type, enabled=False):
             if waves:
-                o = self.apply_kernels(weights, u, offset, state)
-                ctx = o[..., 1:] / (o[..., :1] + 1e-8)
+                ctx = self.wave_context(weights, u, offset, state)
             if self.content is not None:
                 q_feat, k_feat = self.content_features(x)
                 content = self.content(x, q_feat, k_feat, v, state)

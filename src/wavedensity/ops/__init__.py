@@ -20,7 +20,8 @@ from .loss import (
     linear_cross_entropy_reference,
     logits_cross_entropy,
 )
-from .routing import GATE_MODES, gate_weights, scale_weights
+from .per_position import per_position_context, per_position_context_reference
+from .routing import GATE_MODES, gate_weights, prefix_sum, scale_weights
 from .toeplitz import (
     causal_conv_dense,
     causal_conv_fft,
@@ -67,8 +68,11 @@ __all__ = [
     "mixed_conv_fft",
     "mixed_conv_reference",
     "per_position_apply",
+    "per_position_context",
+    "per_position_context_reference",
     "per_position_from_weights",
     "per_position_reference",
+    "prefix_sum",
     "relative_encoding",
     "rows_from_distances",
     "scale_weights",

@@ -19,6 +19,10 @@ import torch.nn.functional as F
 from .waves import compute_dtype
 
 FEATURE_MAPS = ("elu", "taylor", "hedgehog")
+# Rows per chunk of the linear attention: the masked products inside a chunk cost O(S x chunk) and
+# the chunk states O(S / chunk) products; 64 made the release's content path (rank 8, head width 192,
+# S = 256) 2x faster in forward + backward than one 256-row chunk (docs/benchmarks.md, issue 12).
+LINEAR_ATTENTION_CHUNK = 64
 
 
 def feature_map(z: torch.Tensor) -> torch.Tensor:
@@ -53,7 +57,7 @@ def linear_attention_terms(
     k: torch.Tensor,  # [B, H, S, F]
     v: torch.Tensor,  # [B, H, S, Dh]
     state: tuple[torch.Tensor, torch.Tensor] | None = None,
-    chunk: int = 256,
+    chunk: int = LINEAR_ATTENTION_CHUNK,
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """Numerator ``sum_{j<=t} (q_t.k_j) v_j`` ``[B,H,S,Dh]`` and denominator ``sum_{j<=t} q_t.k_j``
     ``[B,H,S,1]``, continuing from ``state``, and the state after the last position.
@@ -90,7 +94,7 @@ def causal_linear_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     state: tuple[torch.Tensor, torch.Tensor] | None = None,
-    chunk: int = 256,
+    chunk: int = LINEAR_ATTENTION_CHUNK,
     normalize: bool = True,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """``c_t = sum_{j<=t} (q_t.k_j) v_j / (sum_{j<=t} q_t.k_j + 1e-6)`` (``normalize=False``: the numerator
@@ -154,7 +158,7 @@ def window_linear_attention(
     linear_weight: torch.Tensor,  # [H] factor of the linear terms, in (0, 1)
     window: int,
     state: dict[str, torch.Tensor] | None = None,
-    chunk: int = 256,
+    chunk: int = LINEAR_ATTENTION_CHUNK,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``o_t = (sum_{t-w<j<=t} e^{s_tj - m_t} v_j + g sum_{j<=t-w} phi_tj v_j) / (same sums of the weights)``
     with ``s_tj = q_t.k_j / sqrt(R)``, ``m_t`` the row maximum of ``s`` in the window, ``phi_tj =

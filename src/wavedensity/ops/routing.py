@@ -1,6 +1,7 @@
 """Mixture-of-Masks routing: gate values over masks and the low-rank mask scaling (docs/architecture.md §1.2-1.3)."""
 
 import torch
+import torch.nn.functional as F
 
 GATE_MODES = ("topk", "release", "dense")
 
@@ -37,3 +38,49 @@ def scale_weights(weights: torch.Tensor, scale_coeffs: torch.Tensor, mod_basis: 
     scale = 0.5 * torch.tanh(torch.einsum("bthr,hrm->bthm", scale_coeffs, mod_basis))
     scaled = torch.clamp_min(weights * (1 + scale), 0)
     return scaled / (scaled.sum(-1, keepdim=True) + 1e-8)
+
+
+# Rows per block of ``prefix_sum``: a 16 x 16 triangular GEMM per block, then a cumsum over S / 16 block totals.
+PREFIX_SUM_BLOCK = 16
+
+
+def _blocked_cumsum(x: torch.Tensor, block: int, reverse: bool = False) -> torch.Tensor:
+    """``cumsum(x, dim=1)`` of ``x [B, S, C]`` (``reverse``: the sums from each row to the end) as
+    within-block triangular GEMMs plus the exclusive cumsum of the block totals. torch's CPU cumsum
+    along a non-last axis runs ~20 ns per element (1 thread); this form is about 2x faster. No sum is
+    formed by subtraction, so a row's result involves no input beyond it (exact causality)."""
+    b, s, c = x.shape
+    count = -(-s // block)
+    blocks = F.pad(x, (0, 0, 0, count * block - s)).view(b, count, block, c)
+    ones = torch.ones(block, block, dtype=x.dtype, device=x.device)
+    inner = (ones.triu_() if reverse else ones.tril_()) @ blocks  # [B, count, block, C]
+    if reverse:
+        totals = inner[:, :, 0].flip(1)  # block totals from the last block back
+        after = F.pad(torch.cumsum(totals[:, :-1], dim=1), (0, 0, 1, 0)).flip(1)
+        inner.add_(after.unsqueeze(2))
+    else:
+        before = F.pad(torch.cumsum(inner[:, :-1, -1], dim=1), (0, 0, 1, 0))
+        inner.add_(before.unsqueeze(2))
+    return inner.view(b, count * block, c)[:, :s]
+
+
+class PrefixSum(torch.autograd.Function):
+    """``cumsum(x, dim=1)``; backward is the reversed cumulative sum by the same blocked form
+    (autograd's cumsum backward flips twice around another slow cumsum)."""
+
+    @staticmethod
+    def forward(ctx, x, block: int):
+        ctx.block = block
+        return _blocked_cumsum(x, block)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _blocked_cumsum(grad, ctx.block, reverse=True), None
+
+
+def prefix_sum(x: torch.Tensor, block: int = PREFIX_SUM_BLOCK) -> torch.Tensor:
+    """Running sums over the sequence of ``x [B, S, C]`` (``torch.cumsum(x, dim=1)`` is the reference);
+    a decoding step's few rows take the plain cumsum."""
+    if x.shape[1] <= block:
+        return torch.cumsum(x, dim=1)
+    return PrefixSum.apply(x, block)
