@@ -20,6 +20,7 @@ from .loss import (
     linear_cross_entropy_reference,
     logits_cross_entropy,
 )
+from .rotary import rotary_embedding, rotary_embedding_reference
 from .routing import GATE_MODES, gate_weights, scale_weights
 from .toeplitz import (
     causal_conv_dense,
@@ -70,6 +71,8 @@ __all__ = [
     "per_position_from_weights",
     "per_position_reference",
     "relative_encoding",
+    "rotary_embedding",
+    "rotary_embedding_reference",
     "rows_from_distances",
     "scale_weights",
     "taylor_feature_map",
