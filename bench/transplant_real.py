@@ -9,13 +9,16 @@ Run (the teacher: smollm2 / gemma3-270m, fetched and converted on first use, a d
     python -m bench.transplant_real --teacher smollm2 --init-loss          # step-0 transfer loss by init
 
 Distils on ../shared/data text (wiki sample, C4 sample, HH chat), evaluates on the first
-``--eval-tokens`` tokens of ../shared/data/wikitext2-raw/wiki.test.raw in 256-token windows. Phases,
-each written to the JSON file as soon as it ends (a phase that would start after ``--budget-min``
-is skipped and recorded as such):
-  teacher; transfer with the teacher's projections (vo + qk) -> teacher-free; hybrids keeping 1/4
-  and 1/2 of the attention layers (those with the largest transfer error; transfer only); decoding
-  tokens/s at batch 1 and 8; transfer from random branches -> teacher-free; the end-to-end stage
-  (teacher-free KL + CE) from the first transfer -> teacher-free.
+``--eval-tokens`` tokens of ../shared/data/wikitext2-raw/wiki.test.raw in 256-token windows. The
+branch is the LoLCATs one inside WDA (``--feature-map`` hedgehog on the teacher's RoPE'd queries and
+keys, a ``--window`` softmax term, output gate opened, ``--content-mix`` of the context; the rest is
+the wave path). Phases, each written to the JSON file as soon as it ends: the teacher (or
+``--teacher-from`` the file of a ``--teacher-only`` run on the same windows, waited for); transfer
+with the teacher's projections (vo + qk + gate) -> teacher-free; then ``--rows`` in order: decode
+(cached tokens/s at batch 1 and 8), e2e (the teacher-free KL + CE stage resumed from the transfer),
+hybrid25 / hybrid50 (keeping 1/4, 1/2 of the attention layers with the largest transfer error,
+transfer-only branches), random (transfer from random branches). A phase that would start after
+``--budget-min`` is recorded as skipped.
 """
 
 import argparse
@@ -181,7 +184,7 @@ def main(argv=None) -> int:
 
     def evaluated(model) -> dict:
         start = time.perf_counter()
-        result = evaluate(model, windows, batch_size=4)
+        result = evaluate(model, windows, batch_size=4, progress=True)
         return {"loss": round(result["loss"], 4), "eval_s": round(time.perf_counter() - start, 1)}
 
     def train(name: str, config: TransplantConfig, resume: bool = False) -> dict:
