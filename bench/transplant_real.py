@@ -9,13 +9,16 @@ Run (the teacher: smollm2 / gemma3-270m, fetched and converted on first use, a d
     python -m bench.transplant_real --teacher smollm2 --init-loss          # step-0 transfer loss by init
 
 Distils on ../shared/data text (wiki sample, C4 sample, HH chat), evaluates on the first
-``--eval-tokens`` tokens of ../shared/data/wikitext2-raw/wiki.test.raw in 256-token windows. Phases,
-each written to the JSON file as soon as it ends (a phase that would start after ``--budget-min``
-is skipped and recorded as such):
-  teacher; transfer with the teacher's projections (vo + qk) -> teacher-free; hybrids keeping 1/4
-  and 1/2 of the attention layers (those with the largest transfer error; transfer only); decoding
-  tokens/s at batch 1 and 8; transfer from random branches -> teacher-free; the end-to-end stage
-  (teacher-free KL + CE) from the first transfer -> teacher-free.
+``--eval-tokens`` tokens of ../shared/data/wikitext2-raw/wiki.test.raw in 256-token windows. The
+branch is the LoLCATs one inside WDA (``--feature-map`` hedgehog on the teacher's RoPE'd queries and
+keys, a ``--window`` softmax term, output gate opened, ``--content-mix`` of the context; the rest is
+the wave path). Phases, each written to the JSON file as soon as it ends: the teacher (or
+``--teacher-from`` the file of a ``--teacher-only`` run on the same windows, waited for); transfer
+with the teacher's projections (vo + qk + gate) -> teacher-free; then ``--rows`` in order: decode
+(cached tokens/s at batch 1 and 8), e2e (the teacher-free KL + CE stage resumed from the transfer),
+hybrid25 / hybrid50 (keeping 1/4, 1/2 of the attention layers with the largest transfer error,
+transfer-only branches), random (transfer from random branches). A phase that would start after
+``--budget-min`` is recorded as skipped.
 """
 
 import argparse
@@ -23,6 +26,7 @@ import dataclasses
 import datetime
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,8 +41,13 @@ from wavedensity.transplant.config import TransplantConfig
 from wavedensity.transplant.evaluation import set_mode
 from wavedensity.transplant.find import decoder_layers, select_layers
 from wavedensity.transplant.trainer import read_transfer_errors, train_transplant
-from wavedensity.transplant.transfer import branch_transfer_loss, capture_attention, init_branches_from_teacher
-from wavedensity.transplant.wrapper import wrappers_of
+from wavedensity.transplant.transfer import (
+    branch_transfer_loss,
+    capture_attention,
+    init_branches_from_teacher,
+    teacher_rope_theta,
+)
+from wavedensity.transplant.wrapper import trainable_parameters, wrappers_of
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -62,8 +71,12 @@ def run_config(args, out_dir: Path, **overrides) -> TransplantConfig:
         "attention_transfer": {"steps": args.transfer_steps, "lr": args.transfer_lr, "normalise": True,
                                "layer_block": 0},
         "teacher_free_mode": True, "alpha_warmup_steps": 0, "kl_weight": 1.0, "ce_weight": 0.5, "temperature": 2.0,
-        "wda_branch_output": "mixer", "wda_content_mix": 0.5, "wda_content_rank": content_rank,
+        "wda_branch_output": "mixer", "wda_content_mix": args.content_mix, "wda_content_rank": content_rank,
         "wda_num_masks": 8, "wda_num_waves_per_mask": 4, "wda_topk_masks": 4,
+        # the LoLCATs branch: hedgehog linear attention on the teacher's RoPE'd queries/keys + a softmax window
+        "wda_options": {"content_feature_map": args.feature_map, "sliding_window": args.window,
+                        "content_rope_theta": args.rope_theta, "gate_hidden": args.gate_hidden,
+                        "scale_rank": args.scale_rank},
         "device": "cpu", "seed": 0, "log_every": 1, "eval_every": 10**6, "eval_batches": 2, "save_every": 10**6,
         "out_dir": str(out_dir), **overrides}
     return TransplantConfig.from_dict(settings)
@@ -109,9 +122,19 @@ def main(argv=None) -> int:
     parser.add_argument("--transfer-lr", type=float, default=3e-3)
     parser.add_argument("--max-examples", type=int, default=2000, help="cap per training source")
     parser.add_argument("--decode-new", type=int, default=32)
+    parser.add_argument("--content-mix", type=float, default=0.75, help="the content path's share (waves: the rest)")
+    parser.add_argument("--feature-map", default="hedgehog", help="the content path's feature map")
+    parser.add_argument("--window", type=int, default=64, help="sliding softmax window of the content path (0: off)")
+    parser.add_argument("--gate-hidden", type=int, default=8, help="width of the per-head gate/scale MLPs")
+    parser.add_argument("--scale-rank", type=int, default=8)
+    parser.add_argument("--rows", default="decode,e2e,hybrid25,random,hybrid50",
+                        help="the phases after teacher and transfer, in this order (cut rows, never eval tokens)")
     parser.add_argument("--budget-min", type=float, default=35.0, help="no phase starts after this")
     parser.add_argument("--json", default="runs/bench-transplant-real/results.json")
     parser.add_argument("--out", default="runs/bench-transplant-real")
+    parser.add_argument("--teacher-only", action="store_true", help="only the teacher row, then exit")
+    parser.add_argument("--teacher-from", metavar="JSON",
+                        help="take the teacher row from this results file (same eval windows) instead of evaluating")
     parser.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and exit")
     parser.add_argument("--init-loss", action="store_true",
                         help="only the transfer loss before training of random / vo / vo+qk branches (one window)")
@@ -139,7 +162,8 @@ def main(argv=None) -> int:
     num_layers = len(decoder_layers(teacher)[1])
     args.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
     branch_head_dim = text_config.hidden_size // text_config.num_attention_heads
-    init_parts = ["vo", "qk"] if args.head_dim == branch_head_dim else []  # Gemma-3: refused (head_dim)
+    init_parts = ["vo", "qk", "gate"] if args.head_dim == branch_head_dim else []  # Gemma-3: refused (head_dim)
+    args.rope_theta = teacher_rope_theta(text_config) or 0.0
     windows = eval_windows(tokenizer, args.eval_tokens, args.seq)
     results = {"command": "python -m bench.transplant_real " + " ".join(argv if argv is not None else sys.argv[1:]),
                "date": str(datetime.datetime.now(datetime.timezone.utc)), "machine": f"{platform.machine()} "
@@ -160,7 +184,7 @@ def main(argv=None) -> int:
 
     def evaluated(model) -> dict:
         start = time.perf_counter()
-        result = evaluate(model, windows, batch_size=4)
+        result = evaluate(model, windows, batch_size=4, progress=True)
         return {"loss": round(result["loss"], 4), "eval_s": round(time.perf_counter() - start, 1)}
 
     def train(name: str, config: TransplantConfig, resume: bool = False) -> dict:
@@ -172,58 +196,88 @@ def main(argv=None) -> int:
                 "tokens_seen": len(train_rows) * args.batch * args.seq,
                 "curve": [round(r["loss"], 4) for r in train_rows]}
 
-    record("teacher", **evaluated(teacher), parameters=teacher.num_parameters())
+    if not args.teacher_from:
+        record("teacher", **evaluated(teacher), parameters=teacher.num_parameters())
+    if args.teacher_only:
+        return 0
     del teacher
-    teacher_loss = results["phases"][0]["loss"]
+
+    def teacher_loss() -> float:
+        """The teacher row: evaluated above, or (``--teacher-from``) read from a run of ``--teacher-only``
+        on the same windows, which may still be running when this one starts (waited for)."""
+        if results["phases"] and results["phases"][0]["phase"] == "teacher":
+            return results["phases"][0]["loss"]
+        source = Path(args.teacher_from)
+        while not source.is_file():
+            time.sleep(30)
+        earlier = json.loads(source.read_text(encoding="utf-8"))
+        if earlier["eval"] != results["eval"]:
+            raise SystemExit(f"--teacher-from {source} was evaluated on {earlier['eval']}, not {results['eval']}")
+        row = {k: v for k, v in earlier["phases"][0].items() if k != "elapsed_min"}
+        results["phases"].insert(0, {**row, "reused_from": str(source), "command": earlier["command"]})
+        return row["loss"]
 
     def rel(loss: float) -> str:
-        return f"{loss / teacher_loss - 1:+.1%}"
+        return f"{loss / teacher_loss() - 1:+.1%}"
 
     all_layers = list(range(num_layers))
     init_run = out / "transfer-init"
     init_config = run_config(args, init_run, init_from_teacher=init_parts, run_steps=args.transfer_steps)
     trained = train(f"transfer{'+init' if init_parts else ''}", init_config)
     model = student(args, all_layers, init_run, init_config)
+    results["branch_trainable_params"] = sum(p.numel() for p in trainable_parameters(model).values())
     result = evaluated(model)
     record("teacher-free after transfer (init " + ("+".join(init_parts) or "random") + ")", **result,
            vs_teacher=rel(result["loss"]), **trained)
     errors = read_transfer_errors({"keep_largest_error": 1, "errors": str(init_run)})
     results["transfer_errors"] = errors
-    for fraction in (0.25, 0.5):
-        if not time_left():
-            record(f"hybrid keeping {fraction:.0%}", skipped="time budget")
-            continue
-        layers = select_layers({"keep_largest_error": fraction, "errors": "transfer"}, num_layers, errors)
-        hybrid = student(args, layers, init_run, init_config)
-        result = evaluated(hybrid)
-        record(f"hybrid keeping {fraction:.0%} attention (largest transfer error), transfer only", **result,
-               vs_teacher=rel(result["loss"]), kept=[i for i in all_layers if i not in layers])
-        del hybrid
-    if time_left():
+    transfer_only = out / "transfer-only"  # hybrids read the transfer stage's adapter, whatever ran after it
+    shutil.rmtree(transfer_only, ignore_errors=True)
+    shutil.copytree(init_run, transfer_only)
+    prompt = windows[0][0][:min(32, args.seq - args.decode_new)]
+
+    def decode() -> None:
         speeds = {}
         for batch in (1, 8):
-            speeds[f"student_b{batch}"] = round(decode_speed(model, windows[0][0][:min(32, args.seq - args.decode_new)], batch, args.decode_new), 2)
+            speeds[f"student_b{batch}"] = round(decode_speed(model, prompt, batch, args.decode_new), 2)
             set_mode(model, "teacher")
-            speeds[f"teacher_b{batch}"] = round(decode_speed(model, windows[0][0][:min(32, args.seq - args.decode_new)], batch, args.decode_new), 2)
+            speeds[f"teacher_b{batch}"] = round(decode_speed(model, prompt, batch, args.decode_new), 2)
             set_mode(model, "wda")
         record("cached decoding tokens/s (32-token prompt, greedy)", new_tokens=args.decode_new, **speeds)
-    del model
-    if init_parts and time_left():
+
+    def hybrid(fraction: float) -> None:
+        layers = select_layers({"keep_largest_error": fraction, "errors": "transfer"}, num_layers, errors)
+        result = evaluated(student(args, layers, transfer_only, init_config))
+        record(f"hybrid keeping {fraction:.0%} attention (largest transfer error), transfer only", **result,
+               vs_teacher=rel(result["loss"]), kept=[i for i in all_layers if i not in layers])
+
+    def random_init() -> None:
         random_run = out / "transfer-random"
         config = run_config(args, random_run, run_steps=args.transfer_steps)
         trained = train("transfer (random init)", config)
-        model = student(args, all_layers, random_run, config)
-        result = evaluated(model)
+        result = evaluated(student(args, all_layers, random_run, config))
         record("teacher-free after transfer (random init)", **result, vs_teacher=rel(result["loss"]), **trained)
-        del model
-    if time_left():
+
+    def end_to_end() -> None:
         trained = train("end-to-end", dataclasses.replace(init_config, run_steps=args.e2e_steps), resume=True)
-        model = student(args, all_layers, init_run, init_config)
-        result = evaluated(model)
+        result = evaluated(student(args, all_layers, init_run, init_config))
         record(f"teacher-free after transfer + {args.e2e_steps} end-to-end steps", **result,
                vs_teacher=rel(result["loss"]), **trained)
-    else:
-        record("end-to-end stage", skipped="time budget")
+
+    phases = {"decode": decode, "e2e": end_to_end, "hybrid25": lambda: hybrid(0.25),
+              "hybrid50": lambda: hybrid(0.5), "random": random_init}
+    unknown = [name for name in args.rows.split(",") if name not in phases]
+    if unknown:
+        raise SystemExit(f"--rows {unknown}: known phases are {sorted(phases)}")
+    for name in args.rows.split(","):
+        if name == "random" and not init_parts:
+            continue
+        if not time_left():
+            record(name, skipped="time budget")
+            continue
+        phases[name]()
+        if name == "decode":
+            del model
     results["total_min"] = round((time.perf_counter() - begin) / 60, 2)
     path.write_text(json.dumps(results, indent=1), encoding="utf-8")
     print(f"done in {results['total_min']} min; results in {path}")
@@ -238,13 +292,14 @@ def init_losses(args) -> dict:
     teacher, tokenizer = load_teacher(args.teacher, "float32", "cpu")
     text_config = teacher.config.get_text_config(decoder=True)
     args.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    args.rope_theta = teacher_rope_theta(text_config) or 0.0
     config = run_config(args, Path(args.out) / "unused")
     ids = eval_windows(tokenizer, args.seq, args.seq)[0][0][None]
     model = transplant_model(teacher, args.teacher, list(range(len(decoder_layers(teacher)[1]))),
                              config.wda_settings(), config.init_gamma, config.alpha_layer_scale)
     captured = capture_attention(model, ids)
     report = {}
-    for name, parts in (("random", []), ("vo", ["vo"]), ("vo+qk", ["vo", "qk"])):
+    for name, parts in (("random", []), ("vo", ["vo"]), ("vo+qk", ["vo", "qk"]), ("vo+qk+gate", ["vo", "qk", "gate"])):
         if parts:
             init_branches_from_teacher(model, parts)
         losses = [float(branch_transfer_loss(w, *captured[w.layer]).mean()) for w in wrappers_of(model)]

@@ -100,7 +100,7 @@ def test_unnormalised_loss_is_the_plain_mse():
 
 
 def test_init_from_teacher_copies_values_and_queries_with_gqa_heads_expanded():
-    model = tiny_transplant("llama", content_rank=6, **MIXER)  # 4 heads of 6, 2 kv heads
+    model = tiny_transplant("llama", content_rank=6, content_rope_theta=10000.0, **MIXER)  # 4 heads of 6, 2 kv heads
     init_branches_from_teacher(model, ["vo", "qk"])
     wrapper = wrappers_of(model)[0]
     mixer, teacher = wrapper.wda.mixer, wrapper.teacher

@@ -2,7 +2,7 @@
 
 The layer computes the rank-R query/key projections (``content_q_proj`` / ``content_k_proj``, the
 release's names) and its values; this module turns them into the content context ``[B, H, S, Dh]``:
-an optional short causal convolution, the feature map, the (un)normalised linear attention, and an
+an optional short causal convolution, optional rotary position embedding, the feature map, the (un)normalised linear attention, and an
 optional sliding-window softmax term sharing its normaliser. With the defaults (``elu``, no conv, no
 window, the layer's values) it has no parameters and computes exactly the release's content path.
 
@@ -22,6 +22,7 @@ from ..ops import (
     causal_linear_attention,
     feature_map,
     hedgehog_feature_map,
+    rotary_embedding,
     taylor_feature_map,
     window_linear_attention,
 )
@@ -41,6 +42,7 @@ class ContentPath(nn.Module):
         self.normalize = config.content_normalize
         self.window = config.sliding_window
         self.conv_size = config.content_conv
+        self.rope_theta = float(config.content_rope_theta)
         if self.kind == "hedgehog":
             self.hedgehog_weight = nn.Parameter(torch.empty(h, r, r))
             self.hedgehog_bias = nn.Parameter(torch.empty(h, r))
@@ -98,6 +100,9 @@ class ContentPath(nn.Module):
             v = self.value_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
         if self.conv_size > 0:
             q, k, v = self.convolve(q, k, v, state)
+        if self.rope_theta > 0:  # the cache's length is the first new token's position
+            offset = 0 if state is None else state.length
+            q, k = rotary_embedding(q, self.rope_theta, offset), rotary_embedding(k, self.rope_theta, offset)
         q_feat, k_feat = self.phi(q), self.phi(k)
         if self.window > 0:
             previous = None

@@ -63,6 +63,9 @@ class WDAConfig(PreTrainedConfig):
         content_value_proj: the path's values from their own projection instead of the layer's ``v_proj``.
         sliding_window: ``w > 0`` adds a softmax over the last ``w`` tokens, sharing one normaliser with the
             linear terms of older tokens that a learned per-head factor weighs (LoLCATs).
+        content_rope_theta: ``> 0`` rotates the path's queries and keys by their position (RoPE with this
+            base, the Llama layout) before the feature map and the window; a transplant from a RoPE
+            teacher sets the teacher's base so copied query/key projections score as the teacher's.
 
     Hybrid stacks: ``mixer_types`` lists ``"wda"`` or ``"softmax"`` per layer (default: ``mixer`` in
     every layer); ``softmax_window`` > 0 limits softmax layers to the last that many tokens.
@@ -122,6 +125,7 @@ class WDAConfig(PreTrainedConfig):
     content_normalize: bool = True
     content_value_proj: bool = False
     sliding_window: int = 0
+    content_rope_theta: float = 0.0
     mixer_types: list[str] | None = None
     softmax_window: int = 0
 
@@ -171,6 +175,9 @@ class WDAConfig(PreTrainedConfig):
         for name in ("content_conv", "sliding_window", "softmax_window"):
             if getattr(self, name) < 0:
                 raise ValueError(f"WDAConfig.{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        if self.content_rope_theta < 0 or (self.content_rope_theta > 0 and self.content_rank % 2):
+            raise ValueError(f"content_rope_theta={self.content_rope_theta} must be >= 0 (0: off) and needs an even "
+                             f"content_rank (got {self.content_rank})")
         if self.sliding_window > 0 and not self.content_normalize:
             raise ValueError("sliding_window > 0 shares one normaliser with the linear terms; it needs "
                              "content_normalize=True")

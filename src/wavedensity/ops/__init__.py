@@ -21,6 +21,7 @@ from .loss import (
     logits_cross_entropy,
 )
 from .per_position import per_position_context, per_position_context_reference
+from .rotary import rotary_embedding, rotary_embedding_reference
 from .routing import GATE_MODES, gate_weights, prefix_sum, scale_weights
 from .toeplitz import (
     causal_conv_dense,
@@ -74,6 +75,8 @@ __all__ = [
     "per_position_reference",
     "prefix_sum",
     "relative_encoding",
+    "rotary_embedding",
+    "rotary_embedding_reference",
     "rows_from_distances",
     "scale_weights",
     "taylor_feature_map",

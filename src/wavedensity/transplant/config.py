@@ -85,6 +85,9 @@ class TransplantConfig:
     wda_gate: str = "topk"
     wda_content_rank: int = 8  # the content path's rank (the teacher's head_dim for init_from_teacher "qk")
     wda_branch_output: str = "block_delta"  # "mixer": the branch returns the mixer's output (wrapper.py)
+    # any other WDAConfig field of the branch (content_feature_map, sliding_window, content_rope_theta, gate_hidden,
+    # scale_rank, ...), passed as given; WDAConfig checks names and values
+    wda_options: dict = field(default_factory=dict)
     # machine and bookkeeping
     device: str = "auto"
     distributed: str = "ddp"  # under torchrun; the only strategy the transplant supports (see validate)
@@ -108,7 +111,8 @@ class TransplantConfig:
                     routing=self.wda_routing, gate=self.wda_gate,
                     # only when set: adapters written before these keys existed hold the same settings
                     **({"content_rank": self.wda_content_rank} if self.wda_content_rank != 8 else {}),
-                    **({"branch_output": self.wda_branch_output} if self.wda_branch_output != "block_delta" else {}))
+                    **({"branch_output": self.wda_branch_output} if self.wda_branch_output != "block_delta" else {}),
+                    **self.wda_options)
 
     def transfer_settings(self) -> dict:
         """``attention_transfer`` with its defaults filled in (``steps`` 0: no transfer stage)."""
@@ -198,6 +202,11 @@ class TransplantConfig:
             self._check_transfer(fail)
         if not isinstance(self.init_from_teacher, list) or not set(self.init_from_teacher) <= set(INIT_PARTS):
             fail(f"init_from_teacher must be a list of {INIT_PARTS}, got {self.init_from_teacher!r}")
+        if not isinstance(self.wda_options, dict):
+            fail(f"wda_options must be an object of WDAConfig fields, got {self.wda_options!r}")
+        named = sorted(set(self.wda_options) & {f.name[4:] for f in dataclasses.fields(self) if f.name.startswith("wda_")})
+        if named:
+            fail(f"wda_options {named} have their own wda_* keys; set those instead")
         if self.wda_branch_output not in BRANCH_OUTPUTS:
             fail(f"wda_branch_output {self.wda_branch_output!r} is not one of {BRANCH_OUTPUTS}")
         if self.kl_weight == 0 and self.ce_weight == 0 and not self.distill_settings()["enabled"]:

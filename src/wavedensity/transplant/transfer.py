@@ -13,8 +13,13 @@ backward through the teacher.
 Initialisation from the teacher (``init_from_teacher``): ``"vo"`` copies the teacher's value and
 output projections into the branch's values (the first rows of ``in_proj``) / ``out_proj`` (grouped-query heads expanded to every
 query head); ``"qk"`` copies its query/key projections into the content path's ``content_q_proj`` /
-``content_k_proj`` (content rank = the teacher's head dimension). GPT-2's fused ``c_attn`` is split;
-what cannot be represented exactly is refused by name.
+``content_k_proj`` (content rank = the teacher's head dimension; a RoPE teacher needs the branch's
+``content_rope_theta`` = its base, else the copied queries and keys would score without positions);
+``"gate"`` opens the branch's output gate (``out = q_gate * context + (1 - q_gate) * v`` with q_gate
+1), so the branch outputs its attention context alone. With all three, ``content_mix`` 1 and a
+``sliding_window`` of at least the sequence length the branch is exactly the teacher's attention; a
+shorter window adds the linear (hedgehog) terms for older tokens, the LoLCATs branch. GPT-2's fused
+``c_attn`` is split; what cannot be represented exactly is refused by name.
 """
 
 import torch
@@ -23,7 +28,8 @@ from torch import nn
 from .find import TransplantError
 from .wrapper import ParallelAttention, teacher_mode, wrappers_of
 
-INIT_PARTS = ("vo", "qk")
+INIT_PARTS = ("vo", "qk", "gate")
+GATE_OPEN_LOGIT = 30.0  # sigmoid(30) = 1 - 9e-14: the output gate passes the attention context alone
 
 
 class _StopForward(Exception):
@@ -142,10 +148,26 @@ def init_branches_from_teacher(model, parts: list[str]) -> None:
                 else:
                     mixer.out_proj.bias.copy_(ob)
             if "qk" in parts:
-                _init_content(mixer, proj, teacher, where, heads, kv_heads, head_dim)
+                _init_content(mixer, proj, teacher, where, heads, kv_heads, head_dim, teacher_rope_theta(config))
+            if "gate" in parts:  # the query modulators follow the values in the fused input projection
+                gate = slice(mixer.input_sizes["v_proj"], mixer.input_sizes["v_proj"] + heads)
+                mixer.in_proj.weight[gate].zero_()
+                mixer.in_proj.bias[gate].fill_(GATE_OPEN_LOGIT)
 
 
-def _init_content(mixer, proj, teacher, where, heads, kv_heads, head_dim) -> None:
+def teacher_rope_theta(config) -> float | None:
+    """The RoPE base of a teacher config (None: no rotary embedding); scaled or partial RoPE is refused."""
+    params = getattr(config, "rope_parameters", None) or {}
+    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
+    if theta is None:
+        return None
+    if params.get("rope_type", "default") != "default" or getattr(config, "partial_rotary_factor", 1.0) != 1.0:
+        raise TransplantError(f"the teacher's RoPE ({params}) is scaled or partial; the content path's rotary "
+                              "embedding is the plain one, so 'qk' cannot be copied")
+    return float(theta)
+
+
+def _init_content(mixer, proj, teacher, where, heads, kv_heads, head_dim, rope_theta) -> None:
     if not getattr(mixer, "learned_content", False) or not hasattr(mixer, "content_q_proj"):
         raise TransplantError(f"{where}: init_from_teacher 'qk' needs a learned content path "
                               "(wda_learned_content true, wda_content_rank > 0)")
@@ -160,5 +182,10 @@ def _init_content(mixer, proj, teacher, where, heads, kv_heads, head_dim) -> Non
     if qb is not None or kb is not None:
         raise TransplantError(f"{where}: the teacher's query/key projections have biases, which the content "
                               "path's bias-free projections cannot hold, so 'qk' cannot be copied")
+    branch_theta = mixer.content.rope_theta if mixer.content is not None else 0.0
+    if (rope_theta or 0.0) != branch_theta:
+        raise TransplantError(f"{where}: the teacher rotates its queries/keys with RoPE base {rope_theta}, the branch's "
+                              f"content path with {branch_theta or 'none'}: set wda_options content_rope_theta to "
+                              f"{rope_theta or 0} so the copied projections score as the teacher's")
     mixer.content_q_proj.weight.copy_(q)
     mixer.content_k_proj.weight.copy_(_expand_heads(k, kv_heads, heads, head_dim))
