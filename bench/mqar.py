@@ -169,7 +169,8 @@ def zoology_batch(batch: int, seq_len: int, pairs: int, vocab: int, generator: t
     K pairs ``k1 v1 .. kK vK`` (keys distinct, from the first half of the vocabulary without token 0,
     values from the second half), then each key queried once, in random order, at two-token slots of
     the tail drawn without replacement with probability ``p(gap) ~ gap^(power_a - 1)`` (a power law,
-    most queries close to the pairs), its value right after it; every other position holds token 0.
+    most queries close to the pairs); every other position holds token 0 (Zoology's published configs:
+    ``random_non_queries=False``), the position after a query too (the answer is never in the input).
     ``labels`` hold the value at each query position, -100 elsewhere.
     """
     half = vocab // 2
@@ -186,7 +187,6 @@ def zoology_batch(batch: int, seq_len: int, pairs: int, vocab: int, generator: t
     slot = torch.multinomial(probs, pairs, replacement=False, generator=generator)  # one slot per key, in order
     position = 2 * pairs + 2 * slot
     inputs.scatter_(1, position, keys)
-    inputs.scatter_(1, position + 1, values)
     labels.scatter_(1, position, values)
     return inputs, labels
 
@@ -210,7 +210,7 @@ def first_queries(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def model_config(mode: str, width: int, seq_len: int, init: str, args):
     overrides = dict(vocab_size=vocab_of(args), seq_len=seq_len, embed_dim=width, num_layers=2, num_heads=args.heads,
-                     tie_embeddings=args.tie, init=init)
+                     tie_embeddings=args.tie, init=init, use_ffn=args.ffn)
     if mode in RECALL_MODES:
         overrides.update(learned_content=True, content_rank=args.content_rank, **RECALL_MODES[mode])
     elif mode in ("softmax", "prenorm-softmax"):
@@ -352,6 +352,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tie", action=argparse.BooleanOptionalAction, default=None,
                         help="tie the LM head to the token embeddings (default: on for zoology, where an untied "
                              "softmax model stayed at loss ~ln(4096) for 500 steps at seq 64, off for slots)")
+    parser.add_argument("--ffn", action=argparse.BooleanOptionalAction, default=None,
+                        help="the FFN after each mixer (default: off for zoology, whose MQAR configs use an identity "
+                             "state mixer, on for slots)")
     parser.add_argument("--content-mix", type=float, default=0.5, help="content_mix of the prefix-content mode")
     parser.add_argument("--content-rank", type=int, default=16, help="content_rank of the prefix-content mode")
     parser.add_argument("--test-size", type=int, default=256, help="held-out sequences")
@@ -369,6 +372,7 @@ def main(argv=None) -> int:
     args.widths = args.widths or ([64, 128, 256] if zoology else [64, 128])
     args.lrs = args.lrs or (ZOOLOGY_LRS if zoology else [1e-3])
     args.tie = zoology if args.tie is None else args.tie
+    args.ffn = not zoology if args.ffn is None else args.ffn
     if args.smoke:
         args.seq_lens, args.pairs, args.widths, args.grid = [32], [2], [32], False
         args.steps, args.batch, args.test_size, args.lrs, args.vocab = 3, 4, 8, args.lrs[:1], 64

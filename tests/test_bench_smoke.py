@@ -189,7 +189,7 @@ def test_mqar_recall_modes_smoke_and_zoology_data(one_thread):
         pairs = dict(zip(inputs[row, 0:8:2].tolist(), inputs[row, 1:8:2].tolist()))
         assert len(pairs) == 4 and all(k < 4096 <= v for k, v in pairs.items())
         for t in queried[row].nonzero().flatten().tolist():
-            assert labels[row, t] == pairs[int(inputs[row, t])] == inputs[row, t + 1]
+            assert labels[row, t] == pairs[int(inputs[row, t])] and inputs[row, t + 1] == 0  # the answer is not shown
     modes = ",".join(mqar.RECALL_MODES)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO()):
@@ -204,7 +204,8 @@ def test_cpu_recall_preset_is_the_measured_pure_wda_row():
     from bench import mqar
     from wavedensity import preset_config
 
-    bench_args = SimpleNamespace(task="zoology", vocab=8192, heads=2, tie=True, content_rank=16, content_mix=0.5)
+    bench_args = SimpleNamespace(task="zoology", vocab=8192, heads=2, tie=True, ffn=True, content_rank=16,
+                                 content_mix=0.5)
     measured = mqar.model_config("taylor-c4-unnorm", 128, 256, "release", bench_args)
     preset = preset_config("cpu-recall")
     assert preset.to_diff_dict() == measured.to_diff_dict()
