@@ -198,6 +198,15 @@ def test_mqar_recall_modes_smoke_and_zoology_data(one_thread):
     assert [row.split("|")[1].strip() for row in rows] == list(mqar.RECALL_MODES)
 
 
+def test_mqar_times_both_taylor_forms(one_thread):
+    from bench import mqar
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert mqar.main(["--time-taylor", "--batch", "2", "--seq-lens", "9", "--pairs", "2", "--content-rank", "3"]) == 0
+    assert "kernel form" in printed.getvalue() and "features / kernel form" in printed.getvalue()
+
+
 def test_cpu_recall_preset_is_the_measured_pure_wda_row():
     from types import SimpleNamespace
 
