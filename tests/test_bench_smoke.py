@@ -213,9 +213,9 @@ def test_cpu_recall_preset_is_the_measured_pure_wda_row():
     from bench import mqar
     from wavedensity import preset_config
 
-    bench_args = SimpleNamespace(task="zoology", vocab=8192, heads=2, tie=True, ffn=True, content_rank=16,
-                                 content_mix=0.5)
-    measured = mqar.model_config("taylor-c4-unnorm", 128, 256, "release", bench_args)
+    bench_args = SimpleNamespace(task="zoology", vocab=8192, heads=2, tie=True, ffn=False, content_rank=16,
+                                 content_mix=0.5)  # the zoology task's defaults
+    measured = mqar.model_config("taylor-c4-unnorm", 128, 256, "normal", bench_args)
     preset = preset_config("cpu-recall")
     assert preset.to_diff_dict() == measured.to_diff_dict()
     assert "softmax" not in preset.layer_mixers() and preset.sliding_window == 0
