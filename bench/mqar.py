@@ -21,10 +21,18 @@ set from another seed, 2-layer models (the ``cpu-tiny`` preset at the given widt
 length), AdamW at a fixed learning rate after a short linear warm-up, gradients clipped at norm 1,
 cross-entropy with ``ignore_index=-100`` on ``model(input_ids).logits``. Every mode gets the same
 steps, learning rate, batch, data and seed. Every model is initialised by ``WDAConfig.init``
-(``--init release``, the default: PyTorch's defaults as the release trained; ``--init normal``:
-N(0, 0.02)); ``--init release,normal`` runs both. Under the normal one not even the softmax baseline
-got past guessing among the values in context (accuracy 1/K) within 2,000 steps, while under PyTorch's
-defaults it reaches ~100% at (64, 4) by 1,200-1,600 steps (seeds 0, 1, 2).
+(``--init release``: PyTorch's defaults as the release trained; ``--init normal``: N(0, 0.02));
+``--init release,normal`` runs both. On the slots task (default ``release``) under the normal one not
+even the softmax baseline got past guessing among the values in context (accuracy 1/K) within 2,000
+steps, while under PyTorch's defaults it reaches ~100% at (64, 4) by 1,200-1,600 steps (seeds 0, 1, 2).
+On the zoology task (default ``normal``, tied embeddings) it is the other way round: PyTorch's N(0, 1)
+embeddings, tied, give logits of std ~sqrt(width), and release-initialised softmax stayed at accuracy 0.
+
+Zoology's MQAR (``--task zoology``, the default) follows ``zoology/data/multiquery_ar.py`` with the
+figure-2 configs' ``random_non_queries=False``, and its identity state mixer (``--no-ffn``, the
+default for this task). What differs (docs/benchmarks.md "MQAR at Zoology's settings"): fresh batches
+of ``--batch`` instead of 100,000 fixed examples for up to 64 epochs at batch 512/256, far fewer steps,
+2 heads and the package's post-norm skeleton instead of a 1-head pre-norm GPT-2 block with dropout 0.1.
 
 Modes (``--modes``, default the first four):
     prefix          WDA, causal per-prefix routing (the default mode), preset content path (0.15, rank 4)
@@ -60,6 +68,7 @@ from torch import nn
 
 from wavedensity import WDAForCausalLM, preset_config
 from wavedensity.models.configuration import INIT_SCHEMES
+from wavedensity.ops import causal_linear_attention, taylor_attention_quadratic, taylor_feature_map
 
 VOCAB = 256
 FILLER = 0
@@ -169,15 +178,18 @@ def zoology_batch(batch: int, seq_len: int, pairs: int, vocab: int, generator: t
     K pairs ``k1 v1 .. kK vK`` (keys distinct, from the first half of the vocabulary without token 0,
     values from the second half), then each key queried once, in random order, at two-token slots of
     the tail drawn without replacement with probability ``p(gap) ~ gap^(power_a - 1)`` (a power law,
-    most queries close to the pairs), its value right after it; every other position holds token 0.
+    most queries close to the pairs); every other position holds token 0 (Zoology's published configs:
+    ``random_non_queries=False``), the position after a query too (the answer is never in the input).
     ``labels`` hold the value at each query position, -100 elsewhere.
     """
     half = vocab // 2
     slots = (seq_len - 2 * pairs) // 2
     if pairs < 1 or slots < pairs or pairs > half - 1:
         raise ValueError(f"seq_len={seq_len}, vocab={vocab} have no room for {pairs} pairs and their queries")
-    keys = torch.rand(batch, half - 1, generator=generator).argsort(dim=-1)[:, :pairs] + 1
-    values = torch.rand(batch, half, generator=generator).argsort(dim=-1)[:, :pairs] + half
+    # the indices of the `pairs` smallest of uniform draws: distinct, in random order (argsort()[:, :pairs],
+    # without sorting all 4,096)
+    keys = torch.rand(batch, half - 1, generator=generator).topk(pairs, largest=False).indices + 1
+    values = torch.rand(batch, half, generator=generator).topk(pairs, largest=False).indices + half
     inputs = torch.zeros(batch, seq_len, dtype=torch.long)
     labels = torch.full((batch, seq_len), -100, dtype=torch.long)
     inputs[:, 0 : 2 * pairs : 2], inputs[:, 1 : 2 * pairs : 2] = keys, values
@@ -186,7 +198,6 @@ def zoology_batch(batch: int, seq_len: int, pairs: int, vocab: int, generator: t
     slot = torch.multinomial(probs, pairs, replacement=False, generator=generator)  # one slot per key, in order
     position = 2 * pairs + 2 * slot
     inputs.scatter_(1, position, keys)
-    inputs.scatter_(1, position + 1, values)
     labels.scatter_(1, position, values)
     return inputs, labels
 
@@ -210,7 +221,7 @@ def first_queries(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def model_config(mode: str, width: int, seq_len: int, init: str, args):
     overrides = dict(vocab_size=vocab_of(args), seq_len=seq_len, embed_dim=width, num_layers=2, num_heads=args.heads,
-                     tie_embeddings=args.tie, init=init)
+                     tie_embeddings=args.tie, init=init, use_ffn=args.ffn)
     if mode in RECALL_MODES:
         overrides.update(learned_content=True, content_rank=args.content_rank, **RECALL_MODES[mode])
     elif mode in ("softmax", "prenorm-softmax"):
@@ -302,6 +313,25 @@ def run_one(mode: str, width: int, seq_len: int, pairs: int, init: str, args, lr
                 state=decoding_state_floats(model, test_inputs), seconds=time.perf_counter() - start)
 
 
+def time_taylor_forms(batch: int, seq_len: int, heads: int = 2, rank: int = 16, head_dim: int = 64,
+                      repeats: int = 3) -> dict[str, float]:
+    """Best seconds of forward + backward of the unnormalised Taylor content path in its two exact forms,
+    alternated in one run: the kernel form (``taylor_attention_quadratic``, used without a cache) and the
+    chunked feature form (``causal_linear_attention`` on ``taylor_feature_map``, which keeps a state)."""
+    q, k = (torch.randn(batch, heads, seq_len, rank, requires_grad=True) for _ in range(2))
+    v = torch.randn(batch, heads, seq_len, head_dim, requires_grad=True)
+    forms = {"kernel form": lambda: taylor_attention_quadratic(q, k, v, normalize=False),
+             "features": lambda: causal_linear_attention(taylor_feature_map(q), taylor_feature_map(k), v,
+                                                         normalize=False)[0]}
+    best = dict.fromkeys(forms, float("inf"))
+    for _ in range(repeats):
+        for name, form in forms.items():
+            start = time.perf_counter()
+            form().square().sum().backward()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def warmup_steps(args) -> int:
     return max(1, min(args.warmup, args.steps // 5))
 
@@ -344,14 +374,19 @@ def main(argv=None) -> int:
                         help="stop a run early once its test accuracy at a --log-every check reaches ACC")
     parser.add_argument("--warmup", type=int, default=40, help="linear warm-up steps (at most steps / 5)")
     parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--init", type=lambda text: text.split(","), default=["release"], metavar="INIT,INIT",
-                        help="WDAConfig.init of every model, one or both of release (default: PyTorch's defaults) "
-                             "and normal (N(0, 0.02)); under normal no model of this skeleton, softmax included, "
-                             "got past guessing among the values in context (accuracy 1/K) within 2,000 steps at seq 64")
+    parser.add_argument("--init", type=lambda text: text.split(","), default=None, metavar="INIT,INIT",
+                        help="WDAConfig.init of every model, one or both of release (PyTorch's defaults; default for "
+                             "slots, where under normal no model, softmax included, got past guessing among the values "
+                             "in context within 2,000 steps at seq 64) and normal (N(0, 0.02); default for zoology, "
+                             "where with tied embeddings release-initialised softmax stayed at accuracy 0 and a loss "
+                             "above ln(8192) for 400 steps: its N(0, 1) embeddings make logits of std ~sqrt(width))")
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--tie", action=argparse.BooleanOptionalAction, default=None,
                         help="tie the LM head to the token embeddings (default: on for zoology, where an untied "
                              "softmax model stayed at loss ~ln(4096) for 500 steps at seq 64, off for slots)")
+    parser.add_argument("--ffn", action=argparse.BooleanOptionalAction, default=None,
+                        help="the FFN after each mixer (default: off for zoology, whose MQAR configs use an identity "
+                             "state mixer, on for slots)")
     parser.add_argument("--content-mix", type=float, default=0.5, help="content_mix of the prefix-content mode")
     parser.add_argument("--content-rank", type=int, default=16, help="content_rank of the prefix-content mode")
     parser.add_argument("--test-size", type=int, default=256, help="held-out sequences")
@@ -359,6 +394,9 @@ def main(argv=None) -> int:
     parser.add_argument("--log-every", type=int, default=0, metavar="N",
                         help="print the train loss and test accuracy every N steps (stderr)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--time-taylor", action="store_true",
+                        help="only time the Taylor content path's kernel and feature forms (forward + backward) "
+                             "at --batch x the first --seq-lens, rank --content-rank, width 128 in --heads heads")
     parser.add_argument("--smoke", action="store_true",
                         help="one tiny configuration (seq 32, 2 pairs, width 32, 3 steps) of every mode given "
                              "(default: the default modes), to check the script runs")
@@ -369,6 +407,8 @@ def main(argv=None) -> int:
     args.widths = args.widths or ([64, 128, 256] if zoology else [64, 128])
     args.lrs = args.lrs or (ZOOLOGY_LRS if zoology else [1e-3])
     args.tie = zoology if args.tie is None else args.tie
+    args.ffn = not zoology if args.ffn is None else args.ffn
+    args.init = args.init or (["normal"] if zoology else ["release"])
     if args.smoke:
         args.seq_lens, args.pairs, args.widths, args.grid = [32], [2], [32], False
         args.steps, args.batch, args.test_size, args.lrs, args.vocab = 3, 4, 8, args.lrs[:1], 64
@@ -387,6 +427,11 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     print(header(sys.argv[1:] if argv is None else argv), flush=True)
+    if args.time_taylor:
+        best = time_taylor_forms(args.batch, args.seq_lens[0], args.heads, args.content_rank, 128 // args.heads)
+        print(", ".join(f"{name} {seconds:.3f} s" for name, seconds in best.items()) +
+              f"; features / kernel form = {best['features'] / best['kernel form']:.1f}x")
+        return 0
     began = time.perf_counter()
     rows = []
     for init, width, (seq_len, pairs), mode in itertools.product(args.init, args.widths, settings, args.modes):

@@ -200,7 +200,7 @@ def test_mqar_recall_modes_smoke_and_zoology_data(one_thread):
         pairs = dict(zip(inputs[row, 0:8:2].tolist(), inputs[row, 1:8:2].tolist()))
         assert len(pairs) == 4 and all(k < 4096 <= v for k, v in pairs.items())
         for t in queried[row].nonzero().flatten().tolist():
-            assert labels[row, t] == pairs[int(inputs[row, t])] == inputs[row, t + 1]
+            assert labels[row, t] == pairs[int(inputs[row, t])] and inputs[row, t + 1] == 0  # the answer is not shown
     modes = ",".join(mqar.RECALL_MODES)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO()):
@@ -209,14 +209,24 @@ def test_mqar_recall_modes_smoke_and_zoology_data(one_thread):
     assert [row.split("|")[1].strip() for row in rows] == list(mqar.RECALL_MODES)
 
 
+def test_mqar_times_both_taylor_forms(one_thread):
+    from bench import mqar
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert mqar.main(["--time-taylor", "--batch", "2", "--seq-lens", "9", "--pairs", "2", "--content-rank", "3"]) == 0
+    assert "kernel form" in printed.getvalue() and "features / kernel form" in printed.getvalue()
+
+
 def test_cpu_recall_preset_is_the_measured_pure_wda_row():
     from types import SimpleNamespace
 
     from bench import mqar
     from wavedensity import preset_config
 
-    bench_args = SimpleNamespace(task="zoology", vocab=8192, heads=2, tie=True, content_rank=16, content_mix=0.5)
-    measured = mqar.model_config("taylor-c4-unnorm", 128, 256, "release", bench_args)
+    bench_args = SimpleNamespace(task="zoology", vocab=8192, heads=2, tie=True, ffn=False, content_rank=16,
+                                 content_mix=0.5)  # the zoology task's defaults
+    measured = mqar.model_config("taylor-c4-unnorm", 128, 256, "normal", bench_args)
     preset = preset_config("cpu-recall")
     assert preset.to_diff_dict() == measured.to_diff_dict()
     assert "softmax" not in preset.layer_mixers() and preset.sliding_window == 0

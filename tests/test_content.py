@@ -15,6 +15,7 @@ from wavedensity.ops import (
     feature_map,
     feature_width,
     hedgehog_feature_map,
+    taylor_attention_quadratic,
     taylor_feature_map,
     window_linear_attention,
     window_linear_attention_reference,
@@ -75,6 +76,16 @@ def test_linear_attention_with_each_feature_map_matches_reference(kind, normaliz
         lambda q, k, v: causal_linear_attention_reference(phi(q), phi(k), v, normalize=normalize), [q, k, v])
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("s", LENGTHS)
+def test_taylor_kernel_form_matches_the_reference_on_features(normalize, s):
+    q, k, v = leaves(s, s, lambda n: (B, H, n, R), lambda n: (B, H, n, R), lambda n: (B, H, n, DH))
+    assert_same_with_gradients(
+        lambda q, k, v: taylor_attention_quadratic(q, k, v, normalize=normalize),
+        lambda q, k, v: causal_linear_attention_reference(taylor_feature_map(q), taylor_feature_map(k), v,
+                                                          normalize=normalize), [q, k, v])
+
+
 @pytest.mark.parametrize("s", LENGTHS)
 @pytest.mark.parametrize("size", [1, 4])
 def test_short_causal_conv_matches_reference_and_continues_from_its_tail(s, size):
@@ -117,6 +128,9 @@ def test_sliding_window_with_linear_terms_matches_reference_and_continues_from_i
 
 OPTIONS = {
     "taylor-conv": dict(content_feature_map="taylor", content_conv=3),
+    # cpu-recall's path: the Taylor kernel form without a cache, the features with one
+    "taylor-conv-unnormalised-mix1": dict(content_feature_map="taylor", content_conv=4, content_normalize=False,
+                                          content_mix=1.0),
     "hedgehog": dict(content_feature_map="hedgehog", content_mix=0.5),
     "elu-unnormalised": dict(content_normalize=False, content_conv=2),
     "own-values-mix1": dict(content_value_proj=True, content_mix=1.0, content_feature_map="taylor"),

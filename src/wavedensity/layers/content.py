@@ -18,11 +18,13 @@ from torch import nn
 from transformers import initialization as init
 
 from ..ops import (
+    TAYLOR_QUADRATIC_MAX_LEN,
     causal_depthwise_conv,
     causal_linear_attention,
     feature_map,
     hedgehog_feature_map,
     rotary_embedding,
+    taylor_attention_quadratic,
     taylor_feature_map,
     window_linear_attention,
 )
@@ -103,6 +105,8 @@ class ContentPath(nn.Module):
         if self.rope_theta > 0:  # the cache's length is the first new token's position
             offset = 0 if state is None else state.length
             q, k = rotary_embedding(q, self.rope_theta, offset), rotary_embedding(k, self.rope_theta, offset)
+        if self.kind == "taylor" and self.window == 0 and state is None and q.shape[-2] <= TAYLOR_QUADRATIC_MAX_LEN:
+            return taylor_attention_quadratic(q, k, v, self.normalize)  # no state to keep: skip the features
         q_feat, k_feat = self.phi(q), self.phi(k)
         if self.window > 0:
             previous = None

@@ -19,12 +19,13 @@ PRESETS: dict[str, dict] = {
                       num_masks=16, num_waves_per_mask=8, topk_masks=8, content_rank=8, gate_hidden=64),
     # Recall (docs/benchmarks.md "MQAR at Zoology's settings"): the content path as the whole
     # mixer (no wave path, no softmax): Based's Taylor map on rank-16 queries/keys after a 4-tap causal
-    # conv, unnormalised; fixed-size decoding state. The MQAR cell (256 tokens, 16 pairs, width 128);
-    # PyTorch's default initialisation, under which MQAR trains (init="release").
+    # conv, unnormalised; fixed-size decoding state. The MQAR cell (256 tokens, 16 pairs, width 128)
+    # as Zoology's MQAR models: tied embeddings, no FFN, N(0, 0.02) initialisation (tied N(0, 1)
+    # embeddings gave logits of std ~sqrt(width), and softmax did not start learning).
     "cpu-recall": dict(WDA_130M, vocab_size=8192, seq_len=256, embed_dim=128, num_layers=2, num_heads=2,
                        num_masks=8, num_waves_per_mask=4, topk_masks=4, gate_hidden=32, content_mix=1.0,
                        content_rank=16, content_feature_map="taylor", content_conv=4, content_normalize=False,
-                       tie_embeddings=True, init="release"),
+                       tie_embeddings=True, use_ffn=False, init="normal"),
 }  # fmt: skip
 
 

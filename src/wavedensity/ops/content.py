@@ -114,6 +114,29 @@ def causal_linear_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch
     return torch.stack(out, dim=-2)
 
 
+
+# Up to this length the kernel form below holds one S x S weight matrix per head, no more memory than
+# the feature form's chunks of rank-R(R+3)/2 features (273 at R = 16) over the same positions.
+TAYLOR_QUADRATIC_MAX_LEN = 256
+
+
+def taylor_attention_quadratic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               normalize: bool = True) -> torch.Tensor:
+    """``causal_linear_attention(taylor_feature_map(q), taylor_feature_map(k), v)`` without the features.
+
+    ``q, k [B, H, S, R]`` before the map, ``v [B, H, S, Dh]``. The Taylor features' dot product is
+    ``1 + s + s^2 / 2`` with ``s = q.k / sqrt(R)``, so the S x S weights come from rank-R products:
+    O(S^2 (R + Dh)) instead of O(S^2 F + S F Dh) with F = 1 + R + R^2 (273 at rank 16, where the
+    feature products took most of an MQAR training step). No state: training and prefill without a cache.
+    """
+    dtype = compute_dtype(v.dtype)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    weights = torch.tril(1 + scores + 0.5 * scores * scores)  # [B, H, S, S]
+    numerator = weights @ v
+    return numerator / (weights.sum(-1, keepdim=True) + 1e-6) if normalize else numerator
+
+
 # ---- short causal depthwise convolution ----------------------------------------------------------
 
 
@@ -128,9 +151,10 @@ def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     if previous is None:
         previous = x.new_zeros(x.shape[0], size - 1, x.shape[-1])
     padded = torch.cat([previous.to(x.dtype), x], dim=1)  # [B, K-1+S, C]
-    # conv1d is a cross-correlation: flipping the taps makes tap i multiply x_{t-i}
-    y = F.conv1d(padded.transpose(1, 2), weight.flip(-1).unsqueeze(1).to(x.dtype), bias.to(x.dtype),
-                 groups=x.shape[-1]).transpose(1, 2)
+    # K shifted multiply-adds: a few taps are cheaper this way than a grouped conv1d, whose CPU backward
+    # took the largest share of an MQAR training step at 64 tokens
+    seq, weight = x.shape[1], weight.to(x.dtype)
+    y = bias.to(x.dtype) + sum(weight[:, i] * padded[:, size - 1 - i : size - 1 - i + seq] for i in range(size))
     return y, padded[:, padded.shape[1] - (size - 1):]
 
 
