@@ -35,7 +35,7 @@ def fft_size(n: int) -> int:
 # Per-chunk working buffers of the FFT convolutions are bounded to about this many floats (a few
 # C x 2S arrays of one batch row and head at 16k): the rows (batch x head) are processed in chunks
 # of at most this size, so peak memory does not grow with B x H x M.
-FFT_CHUNK_ELEMENTS = 1 << 23
+FFT_CHUNK_ELEMENTS = 1 << 21
 
 
 class CausalConvsFFT(torch.autograd.Function):
