@@ -102,6 +102,9 @@ def test_toeplitz_paths_smoke(one_thread):
     from bench import toeplitz_paths
 
     assert "| 16 |" in printed_by(toeplitz_paths.main, ["--lengths", "16", "--repeats", "1", "--batch", "1"])
+    picked = printed_by(toeplitz_paths.main, ["--lengths", "16", "--repeats", "1", "--batch", "1",
+                                              "--columns", "density mix: fft,conv fft"])
+    assert "| S | density mix: fft | conv fft |" in picked and "per-position" not in picked
 
 
 def test_layer_scaling_smoke(one_thread):

@@ -100,6 +100,27 @@ def test_mixture_of_densities_matches_reference(seq, path):
     assert_same(grads(fast, weights, densities, u), grads(ops.mixed_conv_reference, weights, densities, u))
 
 
+@pytest.mark.parametrize("chunk_elements", [1, 5 * 2 * 64, 1 << 23])
+def test_mixture_skips_unselected_masks_exactly_in_row_chunks(chunk_elements, monkeypatch):
+    """Masks with weight 0 at every position of a (batch row, head) are skipped there: outputs and all
+    gradients (the zero weights' included, which straight-through top-k passes on) equal the
+    reference, whether the rows run one per chunk, a few per chunk or all at once."""
+    from wavedensity.ops import toeplitz
+
+    monkeypatch.setattr(toeplitz, "FFT_CHUNK_ELEMENTS", chunk_elements)
+    weights, masks, u, to_density = mixture_inputs(57, seed=5)
+    weights[0, 1, :, 2] = 0  # mask 2 unused by batch row 0, head 1
+    weights[:, :, :, 3] = 0  # mask 3 unused everywhere
+    weights[1, 2, :, :] = 0  # a row that uses no mask at all
+    weights[1, 0, 30:, 1] = 0  # zero on part of a row only: not skipped
+    densities = to_density(masks)
+    fast = lambda w, d, x: ops.mixed_conv_fft(w, d, x, exact_rows=0)  # noqa: E731
+    assert_same(grads(fast, weights, densities, u), grads(ops.mixed_conv_reference, weights, densities, u))
+    kernel = torch.rand(1, 3, 57, dtype=F64)  # one kernel per head, broadcast over the batch
+    reference = lambda k, x: ops.causal_conv_reference(k.expand(2, -1, -1), x)  # noqa: E731
+    assert_same(grads(ops.causal_conv_fft, kernel, u), grads(reference, kernel, u))
+
+
 def test_mixture_of_densities_broadcasts_weights_and_reads_only_the_needed_distances():
     weights, masks, u, to_density = mixture_inputs(30)
     densities = torch.cat([to_density(masks)] * 2, dim=-1)  # more distances than rows

@@ -40,7 +40,7 @@ DENSE_CONV_MAX_LEN = {"cpu": 256, "cuda": 1024}
 DENSE_PER_POSITION_MAX_LEN = 512
 # kernel_mix="density" under prefix routing: up to this length the per-position rows beat the M
 # convolutions by FFT (CPU, bench/toeplitz_paths.py, docs/benchmarks.md).
-PER_POSITION_MIXED_MAX_LEN = 1024
+PER_POSITION_MIXED_MAX_LEN = 4096
 
 
 def dense_conv_max_len(device_type: str) -> int:

@@ -32,65 +32,127 @@ def fft_size(n: int) -> int:
         size += 1
 
 
+# Per-chunk working buffers of the FFT convolutions are bounded to about this many floats (a few
+# C x 2S arrays of one batch row and head at 16k): the rows (batch x head) are processed in chunks
+# of at most this size, so peak memory does not grow with B x H x M.
+FFT_CHUNK_ELEMENTS = 1 << 21
+
+
 class CausalConvsFFT(torch.autograd.Function):
     """``o = sum_m w_m(t) (k_m * u)(t)`` (or ``k * u`` when ``weights`` is None) by FFT of size >= 2S.
 
-    kernels ``[..., M, S]`` (broadcastable against u's leading dims), u ``[..., S, C]``, weights
-    ``[..., S, M]`` or None (then M = 1). Written out rather than left to autograd because:
+    kernels ``[..., M, S]``, u ``[..., S, C]``, weights ``[..., S, M]`` or None (then M = 1); leading
+    dims broadcast. Written out rather than left to autograd because:
     - transforms run along the last axis of channels-first views: pocketFFT is ~2x slower along u's
       strided sequence axis;
     - autograd's gradient of ``rfft`` is a full complex FFT plus copies (``_fft_c2c``, 60% of the
       FFT time of a static layer's backward in the profile); the adjoint of a causal convolution is the
       correlation with the same kernel, one real inverse transform of conjugate spectra;
-    - nothing of size M x S x C is kept: forward saves the spectra of u and of the kernels, and
-      backward recomputes each mask's convolution for the weights' gradient, one mask at a time.
+    - memory: nothing of size M x S x C is kept and nothing is saved but the inputs (u's spectrum is
+      recomputed in backward, one transform, rather than held: it is twice u's size); the leading rows
+      (batch x head) run in chunks of ``FFT_CHUNK_ELEMENTS`` so working buffers stay bounded;
+    - a mask whose weight is exactly 0 at every position of a row (top-k routing selects k of M) adds
+      nothing to that row's output and receives no kernel or input gradient: its convolution and its
+      backward correlation are skipped. Its weights' gradient, ``(k_m * u)(t) . grad_t``, is still
+      computed when asked for (straight-through top-k passes it to the gate).
     """
 
     @staticmethod
     def forward(ctx, kernels, u, weights):
-        seq, n = u.shape[-2], fft_size(u.shape[-2])
-        u_f = torch.fft.rfft(u.transpose(-1, -2), n=n)  # [..., C, F]
-        kernels_f = torch.fft.rfft(kernels, n=n)  # [..., M, F]
-        out = None
-        for m in range(kernels.shape[-2]):
-            conv = torch.fft.irfft(u_f * kernels_f[..., m, None, :], n=n)[..., :seq]  # [..., C, S]
-            if weights is None:
-                out = conv
-            else:
-                out = conv.mul_(weights[..., m].unsqueeze(-2)) if out is None else \
-                    out.addcmul_(conv, weights[..., m].unsqueeze(-2))
-            del conv
-        ctx.save_for_backward(u_f, kernels_f, weights)
-        ctx.seq, ctx.kernel_shape = seq, kernels.shape
-        return out.transpose(-1, -2)
+        seq, channels, n = u.shape[-2], u.shape[-1], fft_size(u.shape[-2])
+        masks_n = kernels.shape[-2]
+        lead = torch.broadcast_shapes(kernels.shape[:-2], u.shape[:-2], *([] if weights is None else [weights.shape[:-2]]))
+        k_rows = kernels.expand(*lead, masks_n, seq).reshape(-1, masks_n, seq)
+        u_rows = u.expand(*lead, seq, channels).reshape(-1, seq, channels)
+        w_rows = None if weights is None else weights.expand(*lead, seq, masks_n).reshape(-1, seq, masks_n)
+        active = None if weights is None else w_rows.ne(0).any(-2)  # [R, M]
+        out = u_rows.new_empty(u_rows.shape[0], channels, seq)
+        for rows in row_chunks(u_rows.shape[0], channels * n):
+            u_f = torch.fft.rfft(u_rows[rows].transpose(-1, -2), n=n)  # [r, C, F]
+            kernels_f = torch.fft.rfft(k_rows[rows], n=n)  # [r, M, F]
+            acc = out[rows]
+            started = False
+            for m in range(masks_n):
+                if active is not None and not active[rows, m].any():
+                    continue
+                conv = torch.fft.irfft(u_f * kernels_f[:, m, None, :], n=n)[..., :seq]  # [r, C, S]
+                if w_rows is None:
+                    acc.copy_(conv)
+                elif started:
+                    acc.addcmul_(conv, w_rows[rows, :, m].unsqueeze(-2))
+                else:
+                    torch.mul(conv, w_rows[rows, :, m].unsqueeze(-2), out=acc)
+                started = True
+                del conv
+            if not started:
+                acc.zero_()
+            del u_f, kernels_f
+        ctx.save_for_backward(kernels, u, weights)
+        ctx.lead = lead
+        return out.view(*lead, channels, seq).transpose(-1, -2)
 
     @staticmethod
     def backward(ctx, grad_out):
-        u_f, kernels_f, weights = ctx.saved_tensors
-        seq, n = ctx.seq, fft_size(ctx.seq)
-        grad_t = grad_out.transpose(-1, -2)  # [..., C, S]
-        grad_u_f, grad_weights = None, None
-        grad_kernels_f = kernels_f.new_empty(*torch.broadcast_shapes(u_f.shape[:-2], kernels_f.shape[:-2]),
-                                             *kernels_f.shape[-2:])
-        if weights is not None and ctx.needs_input_grad[2]:
-            grad_weights = torch.empty_like(weights)
-        for m in range(kernels_f.shape[-2]):
-            if grad_weights is not None:  # d o_t / d w_m(t) = (k_m * u)(t), recomputed rather than stored
-                conv = torch.fft.irfft(u_f * kernels_f[..., m, None, :], n=n)[..., :seq]
-                grad_weights[..., m] = (grad_t * conv).sum(-2)
-                del conv
-            z = grad_t if weights is None else grad_t * weights[..., m].unsqueeze(-2)
-            z_f = torch.fft.rfft(z, n=n)
-            del z
-            # correlation with the same kernel: conjugate spectra
-            kernel_conj = kernels_f[..., m, None, :].conj()
-            grad_u_f = z_f * kernel_conj if grad_u_f is None else grad_u_f.addcmul_(z_f, kernel_conj)
-            grad_kernels_f[..., m, :] = (z_f * u_f.conj()).sum(-2)
-            del z_f
-        grad_u = torch.fft.irfft(grad_u_f, n=n)[..., :seq].transpose(-1, -2)
-        del grad_u_f
-        grad_kernels = torch.fft.irfft(grad_kernels_f, n=n)[..., :seq].sum_to_size(ctx.kernel_shape)
-        return grad_kernels, grad_u, grad_weights
+        kernels, u, weights = ctx.saved_tensors
+        lead = ctx.lead
+        seq, channels, n = u.shape[-2], u.shape[-1], fft_size(u.shape[-2])
+        masks_n = kernels.shape[-2]
+        need_k, need_u, need_w = ctx.needs_input_grad
+        need_w = need_w and weights is not None
+        k_rows = kernels.expand(*lead, masks_n, seq).reshape(-1, masks_n, seq)
+        u_rows = u.expand(*lead, seq, channels).reshape(-1, seq, channels)
+        w_rows = None if weights is None else weights.expand(*lead, seq, masks_n).reshape(-1, seq, masks_n)
+        active = None if weights is None else w_rows.ne(0).any(-2)
+        grad_rows = grad_out.expand(*lead, seq, channels).reshape(-1, seq, channels)
+        total = u_rows.shape[0]
+        grad_u = u_rows.new_empty(total, channels, seq) if need_u else None
+        grad_k = k_rows.new_zeros(total, masks_n, seq) if need_k else None
+        grad_w = w_rows.new_empty(w_rows.shape) if need_w else None
+        for rows in row_chunks(total, channels * n):
+            u_f = torch.fft.rfft(u_rows[rows].transpose(-1, -2), n=n)  # [r, C, F]
+            kernels_f = torch.fft.rfft(k_rows[rows], n=n)
+            # channels-first and contiguous once: z below is then written straight into a zero-padded
+            # buffer that rfft reads without a padding copy (a strided z cost a copy per mask)
+            grad_t = grad_rows[rows].transpose(-1, -2).contiguous()  # [r, C, S]
+            z_padded = grad_t.new_zeros(*grad_t.shape[:-1], n)
+            grad_u_f = None
+            grad_k_f = kernels_f.new_zeros(kernels_f.shape) if need_k else None
+            for m in range(masks_n):
+                if need_w:  # d o_t / d w_m(t) = (k_m * u)(t), recomputed rather than stored
+                    conv = torch.fft.irfft(u_f * kernels_f[:, m, None, :], n=n)[..., :seq]
+                    grad_w[rows, :, m] = torch.linalg.vecdot(grad_t, conv, dim=-2)
+                    del conv
+                if active is not None and not active[rows, m].any():
+                    continue  # w_m = 0 on these rows: no kernel or input gradient
+                if not (need_u or need_k):
+                    continue
+                if w_rows is None:
+                    z_padded[..., :seq] = grad_t
+                else:
+                    torch.mul(grad_t, w_rows[rows, :, m].unsqueeze(-2), out=z_padded[..., :seq])
+                z_f = torch.fft.rfft(z_padded)
+                if need_u:  # correlation with the same kernel: conjugate spectra
+                    kernel_conj = kernels_f[:, m, None, :].conj()
+                    grad_u_f = z_f * kernel_conj if grad_u_f is None else grad_u_f.addcmul_(z_f, kernel_conj)
+                if need_k:
+                    grad_k_f[:, m] = torch.linalg.vecdot(u_f, z_f, dim=-2)  # sum_c conj(u_f) z_f
+                del z_f
+            del u_f, z_padded
+            if need_u:
+                grad_u[rows] = 0 if grad_u_f is None else torch.fft.irfft(grad_u_f, n=n)[..., :seq]
+                del grad_u_f
+            if need_k:
+                grad_k[rows] = torch.fft.irfft(grad_k_f, n=n)[..., :seq]
+        grad_kernels = grad_k.view(*lead, masks_n, seq).sum_to_size(kernels.shape) if need_k else None
+        grad_input = grad_u.view(*lead, channels, seq).transpose(-1, -2).sum_to_size(u.shape) if need_u else None
+        grad_weights = grad_w.view(*lead, seq, masks_n).sum_to_size(weights.shape) if need_w else None
+        return grad_kernels, grad_input, grad_weights
+
+
+def row_chunks(total: int, row_elements: int):
+    """Slices over ``total`` leading rows, each holding at most ``FFT_CHUNK_ELEMENTS`` (at least one row)."""
+    step = max(1, FFT_CHUNK_ELEMENTS // max(1, row_elements))
+    return [slice(start, min(total, start + step)) for start in range(0, total, step)]
 
 
 def causal_conv_fft(kernel: torch.Tensor, u: torch.Tensor, exact_rows: int = 128) -> torch.Tensor:
