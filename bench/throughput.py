@@ -28,7 +28,9 @@ import time
 import warnings
 
 import torch
+from transformers import AutoConfig
 
+import wavedensity
 from wavedensity import WDAForCausalLM, preset_config
 from wavedensity.train import TrainConfig
 from wavedensity.train.trainer import make_optimizer
@@ -41,6 +43,10 @@ def load_package_copy(src: str, name: str = "wavedensity_baseline"):
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
+    # The copy registered its own classes under our model types; give them back to this package, so
+    # AutoConfig / from_pretrained in the same process keep building this package's models.
+    for config in (wavedensity.WDAConfig, wavedensity.WDATransplantConfig):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
     return module
 
 
