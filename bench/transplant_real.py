@@ -5,6 +5,7 @@ Run (the teacher: smollm2 / gemma3-270m, fetched and converted on first use, a d
     OMP_NUM_THREADS=1 python -m bench.transplant_real --teacher smollm2 --json runs/bench-real/smollm2.json \
         [--eval-tokens N --transfer-steps N --e2e-steps N --batch B --budget-min M]
     python -m bench.transplant_real --smoke          # seconds: every phase on a tiny random Llama
+    ... --reuse-transfer --rows decode,hybrid25      # the rows again from OUT/transfer-init, no training
     python -m bench.transplant_real --table runs/bench-real/smollm2.json   # the markdown table
     python -m bench.transplant_real --teacher smollm2 --init-loss          # step-0 transfer loss by init
 
@@ -133,6 +134,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="runs/bench-transplant-real/results.json")
     parser.add_argument("--out", default="runs/bench-transplant-real")
     parser.add_argument("--teacher-only", action="store_true", help="only the teacher row, then exit")
+    parser.add_argument("--reuse-transfer", action="store_true",
+                        help="evaluate the transfer stage already saved in OUT/transfer-init instead of training it")
     parser.add_argument("--teacher-from", metavar="JSON",
                         help="take the teacher row from this results file (same eval windows) instead of evaluating")
     parser.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and exit")
@@ -223,7 +226,16 @@ def main(argv=None) -> int:
     all_layers = list(range(num_layers))
     init_run = out / "transfer-init"
     init_config = run_config(args, init_run, init_from_teacher=init_parts, run_steps=args.transfer_steps)
-    trained = train(f"transfer{'+init' if init_parts else ''}", init_config)
+    if args.reuse_transfer:  # e.g. a run whose evaluations were stopped: its adapter, evaluated again
+        saved = out / "transfer-only"  # the transfer stage as it ended, before any end-to-end steps resumed it
+        if saved.is_dir():
+            shutil.rmtree(init_run, ignore_errors=True)
+            shutil.copytree(saved, init_run)
+        if not (init_run / "adapter.safetensors").is_file():
+            raise SystemExit(f"--reuse-transfer: no transfer adapter in {init_run}")
+        trained = {"reused_from": str(init_run)}
+    else:
+        trained = train(f"transfer{'+init' if init_parts else ''}", init_config)
     model = student(args, all_layers, init_run, init_config)
     results["branch_trainable_params"] = sum(p.numel() for p in trainable_parameters(model).values())
     result = evaluated(model)

@@ -176,6 +176,13 @@ def test_transplant_real_smoke(one_thread, tmp_path):
                 "teacher-free after transfer + 1 end", "hybrid keeping 25%", "teacher-free after transfer (random",
                 "hybrid keeping 50%"]  # the default --rows order
     assert len(phases) == len(expected) and all(p.startswith(e) for p, e in zip(phases, expected)), phases
+    first = json.loads((tmp_path / "r.json").read_text())["phases"]
+    printed_by(transplant_real.main, ["--smoke", "--reuse-transfer", "--rows", "hybrid25", "--out", str(tmp_path),
+                                      "--json", str(tmp_path / "again.json")])
+    again = json.loads((tmp_path / "again.json").read_text())["phases"]
+    assert [p["phase"] for p in again] == [p["phase"] for p in (first[0], first[1], first[4])]
+    assert again[1]["reused_from"] == str(tmp_path / "transfer-init")
+    assert [p["loss"] for p in again] == [p["loss"] for p in (first[0], first[1], first[4])]  # the same adapter
     text = printed_by(transplant_real.main, ["--teacher", str(tmp_path / "tiny-teacher"), "--seq", "32", "--init-loss",
                                              "--out", str(tmp_path)])
     assert set(json.loads(text.strip().splitlines()[-1])) == {"random", "vo", "vo+qk", "vo+qk+gate"}
