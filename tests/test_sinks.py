@@ -1,0 +1,169 @@
+"""Issue 11: attention sinks in the sliding-window softmax term (``sliding_sinks``), against the plain
+reference, continued in uneven chunks, causal and cached exactly in a model, and exact in the transplant
+branch with a window covering the sequence."""
+
+import pytest
+import torch
+from conftest import TEACHER_VOCAB, tiny_config, tiny_model, tiny_transplant
+
+from wavedensity.ops import taylor_feature_map, window_linear_attention, window_linear_attention_reference
+from wavedensity.transplant.transfer import capture_attention, init_branches_from_teacher
+from wavedensity.transplant.wrapper import wrappers_of
+
+B, H, R, DH = 2, 2, 3, 4
+
+
+def inputs(s: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(B, H, s, R), (B, H, s, R), (B, H, s, DH), (H,)]
+    # keys of the first positions scaled up: sinks that really take attention mass
+    q, k, v, logit = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in shapes)
+    k[..., :2, :] *= 3
+    return [t.requires_grad_(True) for t in (q, k, v, logit)]
+
+
+def fast(q, k, v, logit, window, sinks, state=None):
+    return window_linear_attention(q, k, v, taylor_feature_map(q), taylor_feature_map(k), torch.sigmoid(logit),
+                                   window, state, chunk=16, sinks=sinks)
+
+
+def reference(q, k, v, logit, window, sinks):
+    return window_linear_attention_reference(q, k, v, taylor_feature_map(q), taylor_feature_map(k),
+                                             torch.sigmoid(logit), window, sinks)
+
+
+@pytest.mark.parametrize("s", [1, 2, 63, 64, 257])
+@pytest.mark.parametrize("sinks", [1, 4])
+@pytest.mark.parametrize("window", [1, 16, 64])
+def test_sinks_match_reference_with_gradients(s, sinks, window):
+    leaves = inputs(s)
+    out, ref = fast(*leaves, window, sinks)[0], reference(*leaves, window, sinks)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+    weights = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * weights).sum(), leaves, allow_unused=True, materialize_grads=True)
+    ref_grads = torch.autograd.grad((ref * weights).sum(), leaves, allow_unused=True, materialize_grads=True)
+    for name, grad, ref_grad in zip("q k v g".split(), grads, ref_grads):
+        torch.testing.assert_close(grad, ref_grad, atol=1e-10, rtol=1e-10, msg=lambda m: f"d/d{name}: {m}")
+
+
+def test_sinks_change_the_result_once_a_sink_leaves_the_window():
+    leaves = inputs(12)
+    with torch.no_grad():
+        plain, sunk = reference(*leaves, 3, 0), reference(*leaves, 3, 2)
+    torch.testing.assert_close(sunk[..., :3, :], plain[..., :3, :])  # sinks 0, 1 still inside the window
+    assert (sunk[..., 3:, :] - plain[..., 3:, :]).abs().amax(-1).amin() > 1e-6  # every later row differs
+
+
+@pytest.mark.parametrize("pieces", [[1, 1, 1, 30], [2, 1, 5, 25], [3, 30], [1, 32], [6, 4, 23]])
+@pytest.mark.parametrize("window,sinks", [(1, 4), (4, 4), (16, 1), (5, 3)])
+def test_chunked_prefill_equals_one_pass(pieces, window, sinks):
+    """Pieces that end inside the sinks (1, 2, 3 of 4), at their end, and after them."""
+    q, k, v, logit = inputs(sum(pieces), seed=1)
+    with torch.no_grad():
+        whole = fast(q, k, v, logit, window, sinks)[0]
+        state, parts, start = None, [], 0
+        for size in pieces:
+            rows = slice(start, start + size)
+            out, state = fast(q[..., rows, :], k[..., rows, :], v[..., rows, :], logit, window, sinks, state)
+            parts.append(out)
+            start += size
+    torch.testing.assert_close(torch.cat(parts, -2), whole, atol=1e-12, rtol=1e-12)
+    assert state["sink_k"].shape[-2] == sinks and bool(state["sink_valid"].all())
+
+
+# ---- in a model: causal, cached exactly --------------------------------------------------------
+
+SINK_OPTIONS = dict(sliding_window=5, sliding_sinks=3, content_feature_map="hedgehog", content_mix=0.5,
+                    content_rope_theta=100.0)
+
+
+def sink_model(dtype=torch.float32):
+    model = tiny_model(dtype=dtype, **SINK_OPTIONS)
+    with torch.no_grad():  # make the content path's own parameters matter
+        for name, param in model.named_parameters():
+            if ".content." in name:
+                param.add_(torch.randn_like(param) * 0.3)
+    return model
+
+
+def test_sinks_model_is_causal():
+    """Protocol of docs/architecture.md §3: future tokens change no earlier logit, and earlier logits have
+    no gradient there."""
+    model = sink_model(torch.float64)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 37, (2, 64), generator=g)
+    with torch.no_grad():
+        base = model(ids, use_cache=False).logits
+        for n in [1, 3, 7, 15, 31, 32, 63]:
+            changed = ids.clone()
+            changed[:, n:] = torch.randint(0, 37, changed[:, n:].shape, generator=g)
+            logits = model(changed, use_cache=False).logits
+            assert torch.equal(logits[:, :n], base[:, :n]), f"prefix {n}"
+            assert (logits[:, n:] - base[:, n:]).abs().max() > 1e-6
+    embeds = model.get_input_embeddings()(ids[:1]).detach().requires_grad_(True)
+    logits = model(inputs_embeds=embeds, use_cache=False).logits
+    for t in [0, 2, 10, 31, 62]:
+        (grad,) = torch.autograd.grad(logits[0, t].sum(), embeds, retain_graph=True)
+        assert grad[0, t + 1 :].abs().max() == 0 and grad[0, : t + 1].abs().max() > 0
+
+
+def test_sinks_model_cached_decoding_equals_recomputation():
+    model = sink_model()
+    ids = torch.randint(0, 37, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        out = model(ids[:, :2], use_cache=True)  # a prefill that ends inside the sinks
+        parts = [out.logits]
+        for start, stop in [(2, 3), (3, 4), (4, 11), (11, 26), (26, 40)]:
+            out = model(ids[:, start:stop], cache=out.cache, use_cache=True)
+            parts.append(out.logits)
+        sizes = {key: t.shape for key, t in out.cache.layers[0].tensors.items() if key.startswith("content")}
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
+    assert sizes["content_window_sink_k"][-2] == 3  # fixed size: the first 3 tokens' keys
+    prompt = ids[:, :2]
+    kwargs = dict(max_new_tokens=20, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    cached, uncached = model.generate(prompt, **kwargs), model.generate(prompt, use_cache=False, **kwargs)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(torch.stack(cached.logits), torch.stack(uncached.logits), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (dict(sliding_window=4, sliding_sinks=-1), "sliding_sinks must be >= 0"),
+    (dict(sliding_sinks=2), "sliding_sinks=2 .*needs sliding_window > 0"),
+])
+def test_bad_sinks_fail_by_name(bad, message):
+    with pytest.raises(Exception, match=message):
+        tiny_config(**bad)
+
+
+# ---- the transplant branch ---------------------------------------------------------------------
+
+EXACT = dict(branch_output="mixer", content_rank=6, content_mix=1.0, content_feature_map="hedgehog",
+             content_rope_theta=10000.0)
+
+
+@pytest.mark.parametrize("s", [1, 3, 16])
+def test_teacher_init_with_full_window_and_sinks_is_the_teachers_attention(s):
+    """vo + qk + gate, content_mix 1, a window of at least S and 4 sinks: still the teacher's attention."""
+    model = tiny_transplant("llama", **EXACT, sliding_window=16, sliding_sinks=4).double()
+    init_branches_from_teacher(model, ["vo", "qk", "gate"])
+    ids = torch.randint(TEACHER_VOCAB, (2, s), generator=torch.Generator().manual_seed(s))
+    captured = capture_attention(model, ids)
+    for wrapper in wrappers_of(model):
+        x, teacher_out = captured[wrapper.layer]
+        with torch.no_grad():
+            torch.testing.assert_close(wrapper.branch(x, None), teacher_out, rtol=2e-6, atol=1e-12)
+
+
+def test_sinks_bring_a_short_window_closer_to_the_teacher():
+    """Window 4 with the first 2 positions as sinks: the teacher's attention exactly while the sinks and
+    the window cover the sequence (6 tokens), as the window alone does only for 4."""
+    model = tiny_transplant("llama", **EXACT, sliding_window=4, sliding_sinks=2).double()
+    init_branches_from_teacher(model, ["vo", "qk", "gate"])
+    ids = torch.randint(TEACHER_VOCAB, (1, 12), generator=torch.Generator().manual_seed(0))
+    wrapper = wrappers_of(model)[0]
+    x, teacher_out = capture_attention(model, ids)[0]
+    with torch.no_grad():
+        out = wrapper.branch(x, None)
+    torch.testing.assert_close(out[:, :6], teacher_out[:, :6], rtol=2e-6, atol=1e-12)
+    assert (out[:, 6:] - teacher_out[:, 6:]).abs().max() > 1e-4
