@@ -167,3 +167,28 @@ def test_sinks_bring_a_short_window_closer_to_the_teacher():
         out = wrapper.branch(x, None)
     torch.testing.assert_close(out[:, :6], teacher_out[:, :6], rtol=2e-6, atol=1e-12)
     assert (out[:, 6:] - teacher_out[:, 6:]).abs().max() > 1e-4
+
+
+def test_bench_transfer_only_mode_writes_per_layer_errors(tmp_path):
+    """``bench.transplant_real --transfer-only --sinks N``: the command the issue-11 sinks table comes from."""
+    import json
+
+    from bench import transplant_real
+
+    if not transplant_real.SHARED.is_dir():
+        pytest.skip(f"shared data not found at {transplant_real.SHARED}")
+    teacher = transplant_real.tiny_teacher_dir(tmp_path / "tiny-teacher")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        transplant_real.main(["--teacher", str(teacher), "--transfer-only", "--transfer-steps", "2", "--sinks", "2",
+                              "--seq", "32", "--batch", "1", "--max-examples", "20", "--out", str(tmp_path),
+                              "--json", str(tmp_path / "r.json")])
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["sinks"] == 2 and result["steps"] == 2 and "--sinks 2" in result["command"]
+    assert set(result["layers"]) == {"step1_before_update", "step2", "held_out_after"}
+    assert all(sorted(layers) == ["0", "1", "2", "3"] for layers in result["layers"].values())
+    adapter = json.loads((tmp_path / "transfer-sinks2" / "adapter.json").read_text())
+    assert adapter["wda"]["sliding_sinks"] == 2  # reached the branches' WDAConfig
