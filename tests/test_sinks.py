@@ -71,14 +71,14 @@ def test_chunked_prefill_equals_one_pass(pieces, window, sinks):
     assert state["sink_k"].shape[-2] == sinks and bool(state["sink_valid"].all())
 
 
-# ---- in a model: causal, cached exactly --------------------------------------------------------
+# ---- in a model (causality and generation: the "window-sinks" option of tests/test_content.py) ----
 
 SINK_OPTIONS = dict(sliding_window=5, sliding_sinks=3, content_feature_map="hedgehog", content_mix=0.5,
                     content_rope_theta=100.0)
 
 
-def sink_model(dtype=torch.float32):
-    model = tiny_model(dtype=dtype, **SINK_OPTIONS)
+def sink_model():
+    model = tiny_model(**SINK_OPTIONS)
     with torch.no_grad():  # make the content path's own parameters matter
         for name, param in model.named_parameters():
             if ".content." in name:
@@ -86,28 +86,8 @@ def sink_model(dtype=torch.float32):
     return model
 
 
-def test_sinks_model_is_causal():
-    """Protocol of docs/architecture.md §3: future tokens change no earlier logit, and earlier logits have
-    no gradient there."""
-    model = sink_model(torch.float64)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 37, (2, 64), generator=g)
-    with torch.no_grad():
-        base = model(ids, use_cache=False).logits
-        for n in [1, 3, 7, 15, 31, 32, 63]:
-            changed = ids.clone()
-            changed[:, n:] = torch.randint(0, 37, changed[:, n:].shape, generator=g)
-            logits = model(changed, use_cache=False).logits
-            assert torch.equal(logits[:, :n], base[:, :n]), f"prefix {n}"
-            assert (logits[:, n:] - base[:, n:]).abs().max() > 1e-6
-    embeds = model.get_input_embeddings()(ids[:1]).detach().requires_grad_(True)
-    logits = model(inputs_embeds=embeds, use_cache=False).logits
-    for t in [0, 2, 10, 31, 62]:
-        (grad,) = torch.autograd.grad(logits[0, t].sum(), embeds, retain_graph=True)
-        assert grad[0, t + 1 :].abs().max() == 0 and grad[0, : t + 1].abs().max() > 0
-
-
-def test_sinks_model_cached_decoding_equals_recomputation():
+def test_sinks_model_cached_decoding_through_the_sinks_equals_recomputation():
+    """Pieces that end inside the sinks (after 2 and 3 of 3 tokens) and after them."""
     model = sink_model()
     ids = torch.randint(0, 37, (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -120,11 +100,6 @@ def test_sinks_model_cached_decoding_equals_recomputation():
         sizes = {key: t.shape for key, t in out.cache.layers[0].tensors.items() if key.startswith("content")}
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
     assert sizes["content_window_sink_k"][-2] == 3  # fixed size: the first 3 tokens' keys
-    prompt = ids[:, :2]
-    kwargs = dict(max_new_tokens=20, do_sample=False, output_logits=True, return_dict_in_generate=True)
-    cached, uncached = model.generate(prompt, **kwargs), model.generate(prompt, use_cache=False, **kwargs)
-    assert torch.equal(cached.sequences, uncached.sequences)
-    torch.testing.assert_close(torch.stack(cached.logits), torch.stack(uncached.logits), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("bad,message", [
@@ -155,18 +130,18 @@ def test_teacher_init_with_full_window_and_sinks_is_the_teachers_attention(s):
             torch.testing.assert_close(wrapper.branch(x, None), teacher_out, rtol=2e-6, atol=1e-12)
 
 
-def test_sinks_bring_a_short_window_closer_to_the_teacher():
-    """Window 4 with the first 2 positions as sinks: the teacher's attention exactly while the sinks and
-    the window cover the sequence (6 tokens), as the window alone does only for 4."""
+def test_sinks_keep_a_short_window_exact_for_as_many_more_tokens():
+    """Window 4 with the first 2 positions as sinks: in every layer the teacher's attention exactly while
+    the sinks and the window cover the sequence (6 tokens, the window alone: 4), the linear terms after."""
     model = tiny_transplant("llama", **EXACT, sliding_window=4, sliding_sinks=2).double()
     init_branches_from_teacher(model, ["vo", "qk", "gate"])
     ids = torch.randint(TEACHER_VOCAB, (1, 12), generator=torch.Generator().manual_seed(0))
-    wrapper = wrappers_of(model)[0]
-    x, teacher_out = capture_attention(model, ids)[0]
-    with torch.no_grad():
-        out = wrapper.branch(x, None)
-    torch.testing.assert_close(out[:, :6], teacher_out[:, :6], rtol=2e-6, atol=1e-12)
-    assert (out[:, 6:] - teacher_out[:, 6:]).abs().max() > 1e-4
+    captured = capture_attention(model, ids)
+    for wrapper in wrappers_of(model):
+        x, teacher_out = captured[wrapper.layer]
+        with torch.no_grad():
+            error = (wrapper.branch(x, None) - teacher_out).abs().amax(-1)[0] / teacher_out.abs().amax()
+        assert error[:6].max() < 2e-6 and error[6:].min() > 1e-5, (wrapper.layer, error)  # 1e-6: the guard
 
 
 def test_bench_transfer_only_mode_writes_per_layer_errors(tmp_path):
