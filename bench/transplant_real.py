@@ -14,8 +14,9 @@ Distils on ../shared/data text (wiki sample, C4 sample, HH chat), evaluates on t
 ``--eval-tokens`` tokens of ../shared/data/wikitext2-raw/wiki.test.raw in 256-token windows. The
 branch is the LoLCATs one inside WDA (``--feature-map`` hedgehog on the teacher's RoPE'd queries and
 keys, a ``--window`` softmax term that also sees the first ``--sinks`` positions, output gate opened,
-``--content-mix`` of the context; the rest is the wave path). Phases, each written to the JSON file as soon as it ends: the teacher (or
-``--teacher-from`` the file of a ``--teacher-only`` run on the same windows, waited for); transfer
+``--content-mix`` of the context; the rest is the wave path). Phases, each written to the JSON file
+as soon as it ends: the teacher (or ``--teacher-from`` the file of a ``--teacher-only`` run on the
+same windows, waited for); transfer
 with the teacher's projections (vo + qk + gate) -> teacher-free; then ``--rows`` in order: decode
 (cached tokens/s at batch 1 and 8), e2e (the teacher-free KL + CE stage resumed from the transfer),
 hybrid25 / hybrid50 (keeping 1/4, 1/2 of the attention layers with the largest transfer error,
@@ -146,7 +147,8 @@ def main(argv=None) -> int:
     parser.add_argument("--init-loss", action="store_true",
                         help="only the transfer loss before training of random / vo / vo+qk branches (one window)")
     parser.add_argument("--transfer-only", action="store_true",
-                        help="only the transfer stage (init vo+qk+gate): per-layer errors at step 1 and after, to --json")
+                        help="only the transfer stage (init vo+qk+gate): per-layer errors at step 1 and after "
+                        "(to --json)")
     args = parser.parse_args(argv)
     command = "python -m bench.transplant_real " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.table:
@@ -330,7 +332,8 @@ def transfer_stage_errors(args, command: str) -> dict:
     held_out = {layer: round(error, 4) for layer, error in read_transfer_errors({"errors": str(run_dir)}).items()}
     stages = {"step1_before_update": per_layer(train_rows[0]), f"step{len(train_rows)}": per_layer(train_rows[-1]),
               "held_out_after": held_out}
-    results = {"command": command, "date": str(datetime.datetime.now(datetime.timezone.utc)), "torch": torch.__version__,
+    results = {"command": command, "date": str(datetime.datetime.now(datetime.timezone.utc)),
+               "torch": torch.__version__,
                "machine": f"{platform.machine()} {torch.get_num_threads()} threads (shared)", "sinks": args.sinks,
                "window": args.window, "steps": len(train_rows), "tokens": len(train_rows) * args.batch * args.seq,
                "init_from_teacher": init_parts, "curve": [round(r["loss"], 4) for r in train_rows],
