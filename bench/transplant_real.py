@@ -8,13 +8,15 @@ Run (the teacher: smollm2 / gemma3-270m, fetched and converted on first use, a d
     ... --reuse-transfer --rows decode,hybrid25      # the rows again from OUT/transfer-init, no training
     python -m bench.transplant_real --table runs/bench-real/smollm2.json   # the markdown table
     python -m bench.transplant_real --teacher smollm2 --init-loss          # step-0 transfer loss by init
+    ... --transfer-only --transfer-steps 6 --sinks 4   # per-layer transfer errors after the stage, no eval
 
 Distils on ../shared/data text (wiki sample, C4 sample, HH chat), evaluates on the first
 ``--eval-tokens`` tokens of ../shared/data/wikitext2-raw/wiki.test.raw in 256-token windows. The
 branch is the LoLCATs one inside WDA (``--feature-map`` hedgehog on the teacher's RoPE'd queries and
-keys, a ``--window`` softmax term, output gate opened, ``--content-mix`` of the context; the rest is
-the wave path). Phases, each written to the JSON file as soon as it ends: the teacher (or
-``--teacher-from`` the file of a ``--teacher-only`` run on the same windows, waited for); transfer
+keys, a ``--window`` softmax term that also sees the first ``--sinks`` positions, output gate opened,
+``--content-mix`` of the context; the rest is the wave path). Phases, each written to the JSON file
+as soon as it ends: the teacher (or ``--teacher-from`` the file of a ``--teacher-only`` run on the
+same windows, waited for); transfer
 with the teacher's projections (vo + qk + gate) -> teacher-free; then ``--rows`` in order: decode
 (cached tokens/s at batch 1 and 8), e2e (the teacher-free KL + CE stage resumed from the transfer),
 hybrid25 / hybrid50 (keeping 1/4, 1/2 of the attention layers with the largest transfer error,
@@ -76,6 +78,7 @@ def run_config(args, out_dir: Path, **overrides) -> TransplantConfig:
         "wda_num_masks": 8, "wda_num_waves_per_mask": 4, "wda_topk_masks": 4,
         # the LoLCATs branch: hedgehog linear attention on the teacher's RoPE'd queries/keys + a softmax window
         "wda_options": {"content_feature_map": args.feature_map, "sliding_window": args.window,
+                        "sliding_sinks": args.sinks,
                         "content_rope_theta": args.rope_theta, "gate_hidden": args.gate_hidden,
                         "scale_rank": args.scale_rank},
         "device": "cpu", "seed": 0, "log_every": 1, "eval_every": 10**6, "eval_batches": 2, "save_every": 10**6,
@@ -126,6 +129,8 @@ def main(argv=None) -> int:
     parser.add_argument("--content-mix", type=float, default=0.75, help="the content path's share (waves: the rest)")
     parser.add_argument("--feature-map", default="hedgehog", help="the content path's feature map")
     parser.add_argument("--window", type=int, default=64, help="sliding softmax window of the content path (0: off)")
+    parser.add_argument("--sinks", type=int, default=0,
+                        help="the window's softmax also sees the sequence's first N positions (attention sinks)")
     parser.add_argument("--gate-hidden", type=int, default=8, help="width of the per-head gate/scale MLPs")
     parser.add_argument("--scale-rank", type=int, default=8)
     parser.add_argument("--rows", default="decode,e2e,hybrid25,random,hybrid50",
@@ -141,7 +146,11 @@ def main(argv=None) -> int:
     parser.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and exit")
     parser.add_argument("--init-loss", action="store_true",
                         help="only the transfer loss before training of random / vo / vo+qk branches (one window)")
+    parser.add_argument("--transfer-only", action="store_true",
+                        help="only the transfer stage (init vo+qk+gate): per-layer errors at step 1 and after "
+                        "(to --json)")
     args = parser.parse_args(argv)
+    command = "python -m bench.transplant_real " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.table:
         print(markdown_table(json.loads(Path(args.table).read_text(encoding="utf-8"))))
         return 0
@@ -152,6 +161,9 @@ def main(argv=None) -> int:
         if not (SHARED / folder).is_dir():
             print(f"skipped: {SHARED / folder} not found (../shared/data beside the repository)")
             return 0
+    if args.transfer_only:
+        print(json.dumps(transfer_stage_errors(args, command)))
+        return 0
     begin = time.perf_counter()
     out = Path(args.out)
     if args.smoke:
@@ -161,14 +173,10 @@ def main(argv=None) -> int:
     if not args.teacher:
         parser.error("--teacher is required (or --smoke)")
     teacher, tokenizer = load_teacher(args.teacher, "float32", "cpu")
-    text_config = teacher.config.get_text_config(decoder=True)
     num_layers = len(decoder_layers(teacher)[1])
-    args.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
-    branch_head_dim = text_config.hidden_size // text_config.num_attention_heads
-    init_parts = ["vo", "qk", "gate"] if args.head_dim == branch_head_dim else []  # Gemma-3: refused (head_dim)
-    args.rope_theta = teacher_rope_theta(text_config) or 0.0
+    init_parts = set_branch_args(args, teacher)
     windows = eval_windows(tokenizer, args.eval_tokens, args.seq)
-    results = {"command": "python -m bench.transplant_real " + " ".join(argv if argv is not None else sys.argv[1:]),
+    results = {"command": command,
                "date": str(datetime.datetime.now(datetime.timezone.utc)), "machine": f"{platform.machine()} "
                f"{platform.processor() or ''} {torch.get_num_threads()} threads (shared)", "torch": torch.__version__,
                "transformers": transformers.__version__, "teacher": args.teacher, "layers": num_layers,
@@ -296,15 +304,55 @@ def main(argv=None) -> int:
     return 0
 
 
+def set_branch_args(args, teacher) -> list[str]:
+    """Set the branch's head width and RoPE base from the teacher on ``args``; the teacher-init parts."""
+    text_config = teacher.config.get_text_config(decoder=True)
+    args.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    args.rope_theta = teacher_rope_theta(text_config) or 0.0
+    branch_head_dim = text_config.hidden_size // text_config.num_attention_heads
+    return ["vo", "qk", "gate"] if args.head_dim == branch_head_dim else []  # Gemma-3: refused (head_dim)
+
+
+def transfer_stage_errors(args, command: str) -> dict:
+    """The transfer stage alone (``--transfer-steps`` steps from the teacher init): each layer's normalised
+    transfer loss on the first training batch before any update (step 1's row), on the last step's
+    batch, and on the held-out validation batches after the stage (what ``keep_largest_error`` ranks)."""
+    begin = time.perf_counter()
+    teacher, _ = load_teacher(args.teacher, "float32", "cpu")
+    init_parts = set_branch_args(args, teacher)
+    del teacher
+    run_dir = Path(args.out) / f"transfer-sinks{args.sinks}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    config = run_config(args, run_dir, init_from_teacher=init_parts, run_steps=args.transfer_steps)
+    train_transplant(config, progress=True, log=lambda *_: None)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    per_layer = lambda row: {int(k.rsplit("_", 1)[1]): round(v, 4) for k, v in row.items()  # noqa: E731
+                             if k.startswith("transfer_layer_")}
+    held_out = {layer: round(error, 4) for layer, error in read_transfer_errors({"errors": str(run_dir)}).items()}
+    stages = {"step1_before_update": per_layer(train_rows[0]), f"step{len(train_rows)}": per_layer(train_rows[-1]),
+              "held_out_after": held_out}
+    results = {"command": command, "date": str(datetime.datetime.now(datetime.timezone.utc)),
+               "torch": torch.__version__,
+               "machine": f"{platform.machine()} {torch.get_num_threads()} threads (shared)", "sinks": args.sinks,
+               "window": args.window, "steps": len(train_rows), "tokens": len(train_rows) * args.batch * args.seq,
+               "init_from_teacher": init_parts, "curve": [round(r["loss"], 4) for r in train_rows],
+               "layers": stages, "wall_min": round((time.perf_counter() - begin) / 60, 2),
+               "summary": {name: {"mean": round(sum(v.values()) / len(v), 4), "layer_18": v.get(18),
+                                  "max": max(v.values())} for name, v in stages.items()}}
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    return results["summary"]
+
+
 @torch.no_grad()
 def init_losses(args) -> dict:
     """Normalised transfer loss of every layer before any training, for random branches and after
     ``init_from_teacher`` ``["vo"]`` and ``["vo", "qk"]``, on one captured batch (the first window)."""
     torch.manual_seed(0)
     teacher, tokenizer = load_teacher(args.teacher, "float32", "cpu")
-    text_config = teacher.config.get_text_config(decoder=True)
-    args.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
-    args.rope_theta = teacher_rope_theta(text_config) or 0.0
+    set_branch_args(args, teacher)
     config = run_config(args, Path(args.out) / "unused")
     ids = eval_windows(tokenizer, args.seq, args.seq)[0][0][None]
     model = transplant_model(teacher, args.teacher, list(range(len(decoder_layers(teacher)[1]))),

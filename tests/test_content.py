@@ -138,6 +138,9 @@ OPTIONS = {
     "window-static-mix1": dict(sliding_window=7, routing="static", content_mix=1.0),
     "hybrid": dict(mixer_types=["softmax", "wda"], content_feature_map="taylor"),
     "hybrid-window": dict(mixer_types=["wda", "softmax"], softmax_window=6, sliding_window=4),
+    # issue 11: the window's softmax also sees the first 3 positions (tests/test_sinks.py: reference, chunks)
+    "window-sinks": dict(sliding_window=5, sliding_sinks=3, content_feature_map="hedgehog", content_mix=0.5,
+                         content_rope_theta=100.0),
 }
 
 

@@ -8,7 +8,8 @@ window, the layer's values) it has no parameters and computes exactly the releas
 
 Decoding state (in the layer's ``WDALayerState``), fixed in size: ``content_kv``, ``content_k_sum``
 (the linear part), ``content_conv`` (the convolution's last ``K-1`` inputs), ``content_window_*``
-(the last ``w`` tokens' keys, values and key features).
+(the last ``w`` tokens' keys, values and key features; with ``sliding_sinks`` also the first ``n``
+tokens' keys and values, the window's attention sinks).
 """
 
 import math
@@ -31,6 +32,7 @@ from ..ops import (
 from .cache import WDALayerState
 
 WINDOW_STATE = ("k", "v", "k_feat", "valid")
+SINK_STATE = ("sink_k", "sink_v", "sink_valid")
 
 
 class ContentPath(nn.Module):
@@ -43,6 +45,7 @@ class ContentPath(nn.Module):
         self.kind = config.content_feature_map
         self.normalize = config.content_normalize
         self.window = config.sliding_window
+        self.sinks = config.sliding_sinks
         self.conv_size = config.content_conv
         self.rope_theta = float(config.content_rope_theta)
         if self.kind == "hedgehog":
@@ -109,15 +112,15 @@ class ContentPath(nn.Module):
             return taylor_attention_quadratic(q, k, v, self.normalize)  # no state to keep: skip the features
         q_feat, k_feat = self.phi(q), self.phi(k)
         if self.window > 0:
-            previous = None
+            previous, names = None, WINDOW_STATE + (SINK_STATE if self.sinks else ())
             if state is not None and state.get("content_window_k") is not None:
-                previous = {name: state.get(f"content_window_{name}") for name in WINDOW_STATE}
+                previous = {name: state.get(f"content_window_{name}") for name in names}
                 previous.update(kv=state.get("content_kv"), k_sum=state.get("content_k_sum"))
             out, new = window_linear_attention(q, k, v, q_feat, k_feat, torch.sigmoid(self.window_logit),
-                                               self.window, previous)
+                                               self.window, previous, sinks=self.sinks)
             if state is not None:
                 state.set(content_kv=new["kv"], content_k_sum=new["k_sum"],
-                          **{f"content_window_{name}": new[name] for name in WINDOW_STATE})
+                          **{f"content_window_{name}": new[name] for name in names})
             return out
         previous = None if state is None or state.get("content_kv") is None else (
             state.get("content_kv"), state.get("content_k_sum"))

@@ -63,6 +63,8 @@ class WDAConfig(PreTrainedConfig):
         content_value_proj: the path's values from their own projection instead of the layer's ``v_proj``.
         sliding_window: ``w > 0`` adds a softmax over the last ``w`` tokens, sharing one normaliser with the
             linear terms of older tokens that a learned per-head factor weighs (LoLCATs).
+        sliding_sinks: ``n > 0`` lets that softmax also see the sequence's first ``n`` positions, the
+            attention sinks (StreamingLLM), which then leave the linear terms; needs ``sliding_window > 0``.
         content_rope_theta: ``> 0`` rotates the path's queries and keys by their position (RoPE with this
             base, the Llama layout) before the feature map and the window; a transplant from a RoPE
             teacher sets the teacher's base so copied query/key projections score as the teacher's.
@@ -125,6 +127,7 @@ class WDAConfig(PreTrainedConfig):
     content_normalize: bool = True
     content_value_proj: bool = False
     sliding_window: int = 0
+    sliding_sinks: int = 0
     content_rope_theta: float = 0.0
     mixer_types: list[str] | None = None
     softmax_window: int = 0
@@ -172,7 +175,7 @@ class WDAConfig(PreTrainedConfig):
         """The content-path options and hybrid stacks."""
         if self.content_feature_map not in FEATURE_MAPS:
             raise ValueError(f"WDAConfig.content_feature_map={self.content_feature_map!r} is not one of {FEATURE_MAPS}")
-        for name in ("content_conv", "sliding_window", "softmax_window"):
+        for name in ("content_conv", "sliding_window", "sliding_sinks", "softmax_window"):
             if getattr(self, name) < 0:
                 raise ValueError(f"WDAConfig.{name} must be >= 0 (0: off), got {getattr(self, name)}")
         if self.content_rope_theta < 0 or (self.content_rope_theta > 0 and self.content_rank % 2):
@@ -181,6 +184,9 @@ class WDAConfig(PreTrainedConfig):
         if self.sliding_window > 0 and not self.content_normalize:
             raise ValueError("sliding_window > 0 shares one normaliser with the linear terms; it needs "
                              "content_normalize=True")
+        if self.sliding_sinks > 0 and self.sliding_window == 0:
+            raise ValueError(f"WDAConfig.sliding_sinks={self.sliding_sinks} adds sinks to the sliding window's "
+                             "softmax; it needs sliding_window > 0")
         if self.mixer_types is not None:
             if len(self.mixer_types) != self.num_layers:
                 raise ValueError(f"mixer_types has {len(self.mixer_types)} entries for num_layers={self.num_layers}")

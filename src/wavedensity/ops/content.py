@@ -183,15 +183,20 @@ def window_linear_attention(
     window: int,
     state: dict[str, torch.Tensor] | None = None,
     chunk: int = LINEAR_ATTENTION_CHUNK,
+    sinks: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``o_t = (sum_{t-w<j<=t} e^{s_tj - m_t} v_j + g sum_{j<=t-w} phi_tj v_j) / (same sums of the weights)``
-    with ``s_tj = q_t.k_j / sqrt(R)``, ``m_t`` the row maximum of ``s`` in the window, ``phi_tj =
-    phi(q_t).phi(k_j)`` and ``g`` the per-head ``linear_weight`` (LoLCATs).
+    """``o_t = (sum_{j in W_t} e^{s_tj - m_t} v_j + g sum_{j<=t, j not in W_t} phi_tj v_j) / (same sums of
+    the weights)`` with ``W_t`` the softmax keys (the last ``w`` tokens ``t-w < j <= t`` and, with
+    ``sinks = n > 0``, the sequence's first ``n`` positions ``j < n``, StreamingLLM's attention sinks),
+    ``s_tj = q_t.k_j / sqrt(R)``, ``m_t`` the row maximum of ``s`` over ``W_t``, ``phi_tj =
+    phi(q_t).phi(k_j)`` and ``g`` the per-head ``linear_weight`` (LoLCATs). Each key is counted once.
 
-    Cost O(S w): the rows are cut into blocks of ``w``, each attending to its own block and the one before.
-    The linear terms are ``linear_attention_terms`` over the keys shifted ``w`` positions back. ``state``
-    carries the linear state (``kv``, ``k_sum``) of the tokens older than the window and the last ``w``
-    tokens (``k``, ``v``, ``k_feat``, ``valid``); a fresh sequence starts from ``w`` invalid zero tokens.
+    Cost O(S (w + n)): the rows are cut into blocks of ``w``, each attending to its own block and the one
+    before; the sinks are one more ``[S, n]`` score block. The linear terms are ``linear_attention_terms``
+    over the keys shifted ``w`` positions back. ``state`` carries the linear state (``kv``, ``k_sum``) of
+    the tokens older than the window, the last ``w`` tokens (``k``, ``v``, ``k_feat``, ``valid``: in the
+    window and not a sink) and the sinks (``sink_k``, ``sink_v``, ``sink_valid``: the slots filled so far,
+    so a chunk that starts later still sees them); a fresh sequence starts from invalid zero tokens.
     """
     dtype = compute_dtype(v.dtype)
     q, k, v, q_feat, k_feat = (t.to(dtype) for t in (q, k, v, q_feat, k_feat))
@@ -200,9 +205,18 @@ def window_linear_attention(
         state = dict(k=k.new_zeros(b, h, window, rank), v=v.new_zeros(b, h, window, v.shape[-1]),
                      k_feat=k_feat.new_zeros(b, h, window, k_feat.shape[-1]),
                      valid=torch.zeros(b, window, dtype=torch.bool, device=q.device))
+        if sinks:
+            state.update(sink_k=k.new_zeros(b, h, sinks, rank), sink_v=v.new_zeros(b, h, sinks, v.shape[-1]),
+                         sink_valid=torch.zeros(b, sinks, dtype=torch.bool, device=q.device))
     keys, values = torch.cat([state["k"], k], dim=-2), torch.cat([state["v"], v], dim=-2)  # [B, H, w + S, *]
     key_feats = torch.cat([state["k_feat"], k_feat], dim=-2)
-    valid = torch.cat([state["valid"], torch.ones(b, s, dtype=torch.bool, device=q.device)], dim=1)  # [B, w + S]
+    fresh = torch.ones(b, s, dtype=torch.bool, device=q.device)
+    if sinks:
+        # the sequence so far filled the first `seen` sink slots; the chunk's first `taken` tokens fill the next
+        seen = int(state["sink_valid"][0].sum())
+        taken = min(s, sinks - seen)
+        fresh[:, :taken] = False  # sinks: softmax keys of every later row, never in the window or linear terms
+    valid = torch.cat([state["valid"], fresh], dim=1)  # [B, w + S]
 
     # linear terms: row t sees the tokens up to t - w, which are the first S of [window; new] (invalid ones zeroed)
     shifted = valid[:, None, :s, None].to(dtype)
@@ -222,31 +236,55 @@ def window_linear_attention(
     allowed = band & valid_blocks[:, None, :, None, :]  # [B, 1, N, w, 2w]
     scores = (q_blocks @ k_blocks.transpose(-1, -2)) / math.sqrt(rank)
     scores = scores.masked_fill(~allowed, float("-inf"))
-    weights = torch.exp(scores - scores.amax(-1, keepdim=True))
-    win_num = (weights @ v_blocks).flatten(-3, -2)[..., :s, :]
-    win_den = weights.sum(-1, keepdim=True).flatten(-3, -2)[..., :s, :]
+    row_max = scores.amax(-1, keepdim=True)  # [B, H, N, w, 1]
+    new_state = {}
+    if sinks:
+        sink_k = torch.cat([state["sink_k"][..., :seen, :], k[..., :taken, :],
+                            state["sink_k"][..., seen + taken:, :]], dim=-2)  # [B, H, n, R]
+        sink_v = torch.cat([state["sink_v"][..., :seen, :], v[..., :taken, :],
+                            state["sink_v"][..., seen + taken:, :]], dim=-2)
+        # sink slot i is position i; row r of the chunk is position seen + r (past all slots once seen == n)
+        slot = torch.arange(sinks, device=q.device)
+        position = seen + torch.arange(blocks * window, device=q.device).view(blocks, window, 1)
+        sink_allowed = (slot < seen + taken) & (slot <= position)  # [N, w, n]
+        sink_scores = (q_blocks @ sink_k.unsqueeze(-3).transpose(-1, -2)) / math.sqrt(rank)  # [B, H, N, w, n]
+        sink_scores = sink_scores.masked_fill(~sink_allowed, float("-inf"))
+        row_max = torch.maximum(row_max, sink_scores.amax(-1, keepdim=True))
+        new_state.update(sink_k=sink_k, sink_v=sink_v, sink_valid=(slot < seen + taken).expand(b, sinks))
+    weights = torch.exp(scores - row_max)
+    win_num = weights @ v_blocks
+    win_den = weights.sum(-1, keepdim=True)
+    if sinks:
+        sink_weights = torch.exp(sink_scores - row_max)
+        win_num = win_num + sink_weights @ sink_v.unsqueeze(-3)
+        win_den = win_den + sink_weights.sum(-1, keepdim=True)
+    win_num, win_den = win_num.flatten(-3, -2)[..., :s, :], win_den.flatten(-3, -2)[..., :s, :]
 
     g = linear_weight.to(dtype)[:, None, None]
     out = (win_num + g * lin_num) / (win_den + g * lin_den + 1e-6)
-    new_state = dict(k=keys[..., -window:, :], v=values[..., -window:, :], k_feat=key_feats[..., -window:, :],
+    new_state.update(k=keys[..., -window:, :], v=values[..., -window:, :], k_feat=key_feats[..., -window:, :],
                      valid=valid[:, -window:], kv=kv, k_sum=k_sum)
     return out, new_state
 
 
-def window_linear_attention_reference(q, k, v, q_feat, k_feat, linear_weight, window: int) -> torch.Tensor:
-    """The same quantity one position at a time, from its definition."""
+def window_linear_attention_reference(q, k, v, q_feat, k_feat, linear_weight, window: int,
+                                      sinks: int = 0) -> torch.Tensor:
+    """The same quantity one position at a time, from its definition: row t's softmax keys are the
+    positions ``j <= t`` with ``j > t - w`` or ``j < sinks``, its linear keys the other ``j <= t``."""
     rank = q.shape[-1]
     g = linear_weight[:, None]
     out = []
     for t in range(q.shape[-2]):
-        start = max(0, t - window + 1)
-        scores = (q[..., t, None, :] * k[..., start : t + 1, :]).sum(-1) / math.sqrt(rank)  # [B, H, n]
+        positions = torch.arange(t + 1)
+        in_softmax = (positions > t - window) | (positions < sinks)
+        soft, lin = positions[in_softmax], positions[~in_softmax]
+        scores = (q[..., t, None, :] * k[..., soft, :]).sum(-1) / math.sqrt(rank)  # [B, H, n]
         weights = torch.exp(scores - scores.amax(-1, keepdim=True))
-        numerator = (weights.unsqueeze(-1) * v[..., start : t + 1, :]).sum(-2)
+        numerator = (weights.unsqueeze(-1) * v[..., soft, :]).sum(-2)
         denominator = weights.sum(-1, keepdim=True)
-        if start > 0:
-            lin = (q_feat[..., t, None, :] * k_feat[..., :start, :]).sum(-1)  # [B, H, start]
-            numerator = numerator + g * (lin.unsqueeze(-1) * v[..., :start, :]).sum(-2)
-            denominator = denominator + g * lin.sum(-1, keepdim=True)
+        if len(lin):
+            phi = (q_feat[..., t, None, :] * k_feat[..., lin, :]).sum(-1)  # [B, H, t + 1 - n]
+            numerator = numerator + g * (phi.unsqueeze(-1) * v[..., lin, :]).sum(-2)
+            denominator = denominator + g * phi.sum(-1, keepdim=True)
         out.append(numerator / (denominator + 1e-6))
     return torch.stack(out, dim=-2)
