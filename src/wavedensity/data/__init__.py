@@ -5,10 +5,11 @@ from .corpus import TokenizedCorpus, tokenize_examples
 from .default import default_corpus
 from .errors import DataError
 from .examples import Example, parse_hh, render_chat
-from .sampling import BlockSampler, Mixture, eval_blocks
+from .sampling import BlockSampler, Mixture, eval_blocks, window
 from .sources import read_examples
 from .splits import split_train_val
 from .tokenizer import (
+           added_bos,
            check_tokenizer_fits,
            has_saved_tokenizer,
            load_tokenizer,
@@ -17,6 +18,7 @@ from .tokenizer import (
            train_char_tokenizer,
 )
 
-__all__ = ["BlockSampler", "DataError", "Example", "Mixture", "TokenizedCorpus", "check_tokenizer_fits",
+__all__ = ["BlockSampler", "DataError", "Example", "Mixture", "TokenizedCorpus", "added_bos", "check_tokenizer_fits",
            "default_corpus", "eval_blocks", "has_saved_tokenizer", "load_tokenizer", "make_tokenizer", "parse_hh",
-           "read_examples", "render_chat", "split_train_val", "tokenize_examples", "train_bpe_tokenizer", "train_char_tokenizer"]
+           "read_examples", "render_chat", "split_train_val", "tokenize_examples", "train_bpe_tokenizer", "train_char_tokenizer",
+           "window"]
