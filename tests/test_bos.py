@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from tokenizers import processors
-from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, GPT2TokenizerFast
 
 from test_data import DOCS, raises_one_line
 from test_transplant_cli import TEXT, run, write_config
@@ -36,6 +36,10 @@ def test_added_bos_is_the_token_the_tokenizer_puts_first():
     assert gemma_like("ab").input_ids[0] == gemma_like.bos_token_id  # the tokenizer really adds it
     assert added_bos(gemma_like) == gemma_like.bos_token_id
     assert added_bos(char_tokenizer(DOCS, "<|im_start|>")) is None  # named, never added: SmolLM2's
+    vocab, merges = {"<|endoftext|>": 0, "a": 1, "\u0120": 2, "b": 3, "\u0120b": 4}, [("\u0120", "b")]
+    gpt2 = GPT2TokenizerFast(vocab=vocab, merges=merges)  # GPT-2's class: bos <|endoftext|>, not added
+    assert gpt2.bos_token_id == 0 and gpt2("a b").input_ids == [1, 4] and added_bos(gpt2) is None
+    assert added_bos(GPT2TokenizerFast(vocab=vocab, merges=merges, add_bos_token=True)) == 0
     assert added_bos(make_tokenizer("char", DOCS)) is None
     assert added_bos(make_tokenizer("bpe:300", DOCS * 10)) is None
 
