@@ -5,7 +5,7 @@ from .corpus import TokenizedCorpus, tokenize_examples
 from .default import default_corpus
 from .errors import DataError
 from .examples import Example, parse_hh, render_chat
-from .sampling import BlockSampler, Mixture, eval_blocks, window
+from .sampling import BlockSampler, Mixture, eval_blocks
 from .sources import read_examples
 from .splits import split_train_val
 from .tokenizer import (
@@ -20,5 +20,4 @@ from .tokenizer import (
 
 __all__ = ["BlockSampler", "DataError", "Example", "Mixture", "TokenizedCorpus", "added_bos", "check_tokenizer_fits",
            "default_corpus", "eval_blocks", "has_saved_tokenizer", "load_tokenizer", "make_tokenizer", "parse_hh",
-           "read_examples", "render_chat", "split_train_val", "tokenize_examples", "train_bpe_tokenizer", "train_char_tokenizer",
-           "window"]
+           "read_examples", "render_chat", "split_train_val", "tokenize_examples", "train_bpe_tokenizer", "train_char_tokenizer"]
