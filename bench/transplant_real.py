@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from wavedensity.data import Example, tokenize_examples
+from wavedensity.data import Example, eval_blocks, tokenize_examples
 from wavedensity.eval import evaluate
 from wavedensity.transplant.adapter import load_adapter, load_teacher, transplant_model
 from wavedensity.transplant.config import TransplantConfig
@@ -87,12 +87,12 @@ def run_config(args, out_dir: Path, **overrides) -> TransplantConfig:
 
 
 def eval_windows(tokenizer, tokens: int, seq: int) -> list:
-    """The first ``tokens`` + 1 tokens of WikiText-2 test as windows of ``seq`` inputs (every label predicted)."""
+    """The full windows of ``seq`` labels predicting the first ``tokens`` predictable tokens of WikiText-2
+    test, every label predicted; each window starts with the tokenizer's bos when it adds one (Gemma's),
+    else the windows are plain slices of the token stream (``data.eval_blocks``)."""
     text = (SHARED / "wikitext2-raw" / "wiki.test.raw").read_text(encoding="utf-8")
     corpus = tokenize_examples([Example(text)], tokenizer, add_eos=False)
-    ids, nbytes = corpus.ids[:tokens + 1], corpus.token_bytes[:tokens + 1]
-    return [(ids[s:s + seq], ids[s + 1:s + seq + 1], nbytes[s + 1:s + seq + 1]) for s in range(0, tokens, seq)
-            if s + seq < len(ids)]
+    return [item for item in eval_blocks(corpus.head(tokens + corpus.first_label), seq) if len(item[0]) == seq]
 
 
 def student(args, layers: list[int], adapter: Path, config: TransplantConfig):

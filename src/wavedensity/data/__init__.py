@@ -9,6 +9,7 @@ from .sampling import BlockSampler, Mixture, eval_blocks
 from .sources import read_examples
 from .splits import split_train_val
 from .tokenizer import (
+           added_bos,
            check_tokenizer_fits,
            has_saved_tokenizer,
            load_tokenizer,
@@ -17,6 +18,6 @@ from .tokenizer import (
            train_char_tokenizer,
 )
 
-__all__ = ["BlockSampler", "DataError", "Example", "Mixture", "TokenizedCorpus", "check_tokenizer_fits",
+__all__ = ["BlockSampler", "DataError", "Example", "Mixture", "TokenizedCorpus", "added_bos", "check_tokenizer_fits",
            "default_corpus", "eval_blocks", "has_saved_tokenizer", "load_tokenizer", "make_tokenizer", "parse_hh",
            "read_examples", "render_chat", "split_train_val", "tokenize_examples", "train_bpe_tokenizer", "train_char_tokenizer"]

@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerFast
 from ..progress import progress_bar
 from .errors import DataError
 from .examples import Example
+from .tokenizer import added_bos
 
 TOKENIZE_BATCH = 64  # examples per tokenizer call: the fast tokenizer encodes a batch in parallel
 
@@ -20,12 +21,15 @@ class TokenizedCorpus:
 
     ``loss_mask[i]``: predicting token i carries loss. ``token_bytes[i]``: UTF-8 bytes of the source
     text token i covers (eos: 0), so a document's tokens sum to its byte count and bits per byte =
-    nats / (ln 2 * bytes of the predicted tokens) is exact.
+    nats / (ln 2 * bytes of the predicted tokens) is exact. ``bos_id``: the token every window cut
+    from the corpus starts with (``sampling.window``), the tokenizer's bos when it adds one; None:
+    windows are plain slices of the stream.
     """
 
     ids: torch.Tensor  # LongTensor[N]
     loss_mask: torch.Tensor  # BoolTensor[N]
     token_bytes: torch.Tensor  # LongTensor[N]
+    bos_id: int | None = None
 
     def __post_init__(self):
         if self.ids.dim() != 1 or not self.ids.shape == self.loss_mask.shape == self.token_bytes.shape:
@@ -34,10 +38,21 @@ class TokenizedCorpus:
     def __len__(self) -> int:
         return self.ids.numel()
 
+    @property
+    def first_label(self) -> int:
+        """The first token a window can predict: 0 behind a bos, else 1 (token 0 is only ever context)."""
+        return 0 if self.bos_id is not None else 1
+
+    def head(self, n: int) -> "TokenizedCorpus":
+        """The first ``n`` tokens."""
+        return TokenizedCorpus(self.ids[:n], self.loss_mask[:n], self.token_bytes[:n], self.bos_id)
+
 
 def tokenize_examples(examples: Iterable[Example], tokenizer: PreTrainedTokenizerFast,
                       add_eos: bool = True, *, progress: bool = False, desc: str = "tokenize") -> TokenizedCorpus:
-    """``progress``: a bar (``desc``) over the examples with the time left (``progress.progress_bar``)."""
+    """The ids without special tokens (eos added between documents with ``add_eos``); windows cut from the
+    corpus start with the tokenizer's bos when it adds one (``tokenizer.added_bos``), as the model saw
+    text in pretraining. ``progress``: a bar (``desc``) over the examples with the time left."""
     ids, loss, nbytes = [], [], []
     bar = progress_bar(show=progress, total=len(examples) if hasattr(examples, "__len__") else None, desc=desc,
                        unit="example", leave=False)
@@ -58,7 +73,7 @@ def tokenize_examples(examples: Iterable[Example], tokenizer: PreTrainedTokenize
     bar.close()
     if not ids:
         raise DataError("no examples to tokenize")
-    return TokenizedCorpus(torch.cat(ids), torch.cat(loss), torch.cat(nbytes))
+    return TokenizedCorpus(torch.cat(ids), torch.cat(loss), torch.cat(nbytes), added_bos(tokenizer))
 
 
 def _cover(example: Example, offsets: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, bool]:

@@ -27,25 +27,27 @@ def derive_seed(*parts: object) -> int:
 class BlockSampler:
     """Rows of ``seq_len`` tokens with next-token labels (IGNORE where the loss mask is off).
 
-    Blocks start at multiples of ``seq_len``. When ``seq_len`` does not divide N - 1, one more block
-    ends at the corpus end, and the labels the block before it already predicts are ignored in it, so
-    an epoch predicts every token but the first exactly once. Epoch e visits the blocks in a
-    permutation drawn from (seed, e); row r of the endless stream is block r % n of epoch r // n.
+    The blocks of labels start at multiples of ``seq_len`` from the corpus's first predictable token
+    (``TokenizedCorpus.first_label``: 1, or 0 when windows start with a bos). When ``seq_len`` does not
+    divide the predictable tokens, one more block ends at the corpus end, and the labels the block
+    before it already predicts are ignored in it, so an epoch predicts every predictable token exactly
+    once. Epoch e visits the blocks in a permutation drawn from (seed, e); row r of the endless stream
+    is block r % n of epoch r // n.
     """
 
     def __init__(self, corpus: TokenizedCorpus, seq_len: int, batch_size: int, seed: int = 0):
         if seq_len < 1 or batch_size < 1:
             raise DataError(f"seq_len ({seq_len}) and batch_size ({batch_size}) must be at least 1")
-        n = len(corpus)
-        if n < seq_len + 1:
-            raise DataError(f"corpus of {n} tokens is too short for seq_len {seq_len} (needs {seq_len + 1})")
+        n, first = len(corpus), corpus.first_label
+        if n < seq_len + first:
+            raise DataError(f"corpus of {n} tokens is too short for seq_len {seq_len} (needs {seq_len + first})")
         self.corpus, self.seq_len, self.batch_size, self.seed = corpus, seq_len, batch_size, seed
-        full = (n - 1) // seq_len
-        self.starts = torch.arange(full) * seq_len  # a tensor: C4-scale corpora have millions of blocks
+        full = (n - first) // seq_len
+        self.starts = first + torch.arange(full) * seq_len  # a tensor: C4-scale corpora have millions of blocks
         self.repeated = 0  # labels at the head of the last block that the block before it predicts
-        if (n - 1) % seq_len:
-            self.starts = torch.cat([self.starts, torch.tensor([n - 1 - seq_len])])
-            self.repeated = full * seq_len - (n - 1 - seq_len)
+        if (n - first) % seq_len:
+            self.starts = torch.cat([self.starts, torch.tensor([n - seq_len])])
+            self.repeated = first + full * seq_len - (n - seq_len)
         self._epoch, self._order = -1, None  # the permutation of the epoch last used, cached
 
     @property
@@ -56,12 +58,10 @@ class BlockSampler:
         """Row ``index`` of the endless stream: (input_ids [seq_len], labels [seq_len])."""
         epoch, position = divmod(index, len(self.starts))
         block = int(self._permutation(epoch)[position])
-        start = int(self.starts[block])
-        target = slice(start + 1, start + self.seq_len + 1)
-        labels = torch.where(self.corpus.loss_mask[target], self.corpus.ids[target], IGNORE)
+        inputs, labels, _ = window(self.corpus, int(self.starts[block]), self.seq_len)
         if block == len(self.starts) - 1:
             labels[:self.repeated] = IGNORE
-        return self.corpus.ids[start:start + self.seq_len], labels
+        return inputs, labels
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids [B, seq_len], labels [B, seq_len]) of training step ``step``."""
@@ -125,21 +125,37 @@ class Mixture:
         return _stack([self.row(index) for index in indices])
 
 
+def window(corpus: TokenizedCorpus, first: int, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The window predicting tokens ``first .. first + length - 1``: (input_ids, labels, label_bytes).
+
+    The inputs are the tokens before them, ``first - 1 ..``, with the corpus's bos in place of the first
+    (so ``first`` may be 0): [bos] + the next length - 1 tokens. Without a bos they are a plain slice of
+    the stream and ``first`` is at least 1. Labels are IGNORE and label bytes 0 where the loss mask is
+    off; a bos is never a label, so bits per byte counts the text's bytes only.
+    """
+    target = slice(first, first + length)
+    if corpus.bos_id is not None:
+        inputs = torch.cat([torch.tensor([corpus.bos_id]), corpus.ids[first:first + length - 1]])
+    elif first >= 1:
+        inputs = corpus.ids[first - 1:first + length - 1]
+    else:
+        raise ValueError("token 0 of a corpus without bos has no context to be predicted from")
+    keep = corpus.loss_mask[target]
+    return (inputs, torch.where(keep, corpus.ids[target], IGNORE),
+            torch.where(keep, corpus.token_bytes[target], 0))
+
+
 def eval_blocks(corpus: TokenizedCorpus, seq_len: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Non-overlapping windows (input_ids [n], labels [n], label_bytes [n]), n <= seq_len, that together
-    predict every token but the first exactly once. ``label_bytes`` is 0 where the label is ignored, so
-    bits per byte = sum of nats / (ln 2 * sum of label_bytes)."""
+    predict every predictable token (all but the first; all behind a bos) exactly once. ``label_bytes``
+    is 0 where the label is ignored, so bits per byte = sum of nats / (ln 2 * sum of label_bytes)."""
     if seq_len < 1:
         raise DataError(f"seq_len ({seq_len}) must be at least 1")
-    n = len(corpus)
-    if n < 2:
+    n, first = len(corpus), corpus.first_label
+    if n - first < 1:
         raise DataError(f"corpus of {n} tokens has nothing to predict")
-    for start in range(0, n - 1, seq_len):
-        end = min(start + seq_len, n - 1)
-        target = slice(start + 1, end + 1)
-        keep = corpus.loss_mask[target]
-        yield (corpus.ids[start:end], torch.where(keep, corpus.ids[target], IGNORE),
-               torch.where(keep, corpus.token_bytes[target], 0))
+    for start in range(first, n, seq_len):
+        yield window(corpus, start, min(seq_len, n - start))
 
 
 def _apportion(ratios: list[float], total: int) -> list[int]:

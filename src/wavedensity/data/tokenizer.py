@@ -88,6 +88,17 @@ def make_tokenizer(kind: str, texts: Iterable[str] = ()) -> PreTrainedTokenizerF
     return load_tokenizer(kind)
 
 
+def added_bos(tokenizer: PreTrainedTokenizerFast) -> int | None:
+    """The bos id the tokenizer puts first when called with special tokens (Gemma's post-processor
+    does), else None (GPT-2's, SmolLM2's and our char / BPE tokenizers add none)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    plain = tokenizer("a b", add_special_tokens=False).input_ids
+    special = tokenizer("a b").input_ids
+    return bos if special[:1] == [bos] and special[1:len(plain) + 1] == plain else None
+
+
 def check_tokenizer_fits(tokenizer: PreTrainedTokenizerFast, vocab_size: int) -> None:
     """Refuse a tokenizer whose ids would index past the model's embedding table."""
     if len(tokenizer) > vocab_size:

@@ -124,7 +124,7 @@ def load_examples(spec: str, config: TrainConfig, text_field: str = "text", assi
 def tokenize_source(examples: list, tokenizer, source: str, role: str, progress: bool = False):
     """Tokenise one source; data with nothing to learn from is named, not trained on as NaN."""
     corpus = tokenize_examples(examples, tokenizer, progress=progress, desc=f"tokenize {role} data")
-    if not bool(corpus.loss_mask[1:].any()):
+    if not bool(corpus.loss_mask[corpus.first_label:].any()):
         raise DataError(f"{source}: the {role} part has no tokens that carry loss (chat data without "
                         "assistant replies, or empty text)")
     return corpus
