@@ -28,7 +28,7 @@ import time
 import warnings
 
 import torch
-from transformers import AutoConfig
+from transformers import AutoConfig, StoppingCriteria, StoppingCriteriaList
 
 import wavedensity
 from wavedensity import WDAForCausalLM, preset_config
@@ -91,20 +91,35 @@ def train_rates(models, batch: int, seq: int, steps: int) -> list[float]:
     return [batch * seq / sorted(spent[1:])[len(spent[1:]) // 2] for spent in times]
 
 
+class StepTimes(StoppingCriteria):
+    """Stops nothing; records when ``generate`` finished each token, so decoding steps are timed
+    inside one real generation loop (sampling glue included) and the prompt's prefill is not."""
+
+    def __init__(self):
+        self.times = []
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
 def decode_rate(model, batch: int, prompt: int, new: int, use_cache: bool) -> float:
-    """Generated tokens/s after the prompt: ``generate`` of ``new`` tokens minus ``generate`` of one, so the
-    prompt's forward pass (the prefill, a training-like batch) is not counted as decoding."""
+    """Generated tokens/s after the prompt: ``batch`` over the median time between consecutive tokens of
+    one ``generate`` of ``new`` tokens (the first token, which carries the prefill, starts the clock; the
+    median, not the mean, so that a preempted step on a shared machine does not move the rate)."""
     model.eval()
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt))
 
-    def seconds(tokens: int) -> float:
-        start = time.perf_counter()
-        model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, use_cache=use_cache)
-        return time.perf_counter() - start
+    def steps(tokens: int) -> list[float]:
+        times = StepTimes()
+        model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, use_cache=use_cache,
+                       stopping_criteria=StoppingCriteriaList([times]))
+        return [b - a for a, b in zip(times.times, times.times[1:])]
 
-    seconds(2)  # warm-up
-    return batch * (new - 1) / (seconds(new) - seconds(1))
+    steps(2)  # warm-up
+    intervals = sorted(steps(new))
+    return batch / intervals[len(intervals) // 2]
 
 
 def main(argv=None):
@@ -154,7 +169,7 @@ def main(argv=None):
     shape = "".join(f", {k} {v}" for k, v in (("layers", args.layers), ("vocab", args.vocab)) if v is not None)
     print(f"Preset {args.preset}{shape}; training batch {args.train_batch} x {args.seq}; decoding {args.new_tokens} new "
           f"tokens after a {max(1, args.seq - args.new_tokens)}-token prompt (greedy; the prompt's forward pass "
-          "is not counted: generate(N) - generate(1)).\n")
+          "is not counted: median time between consecutive tokens of one generate).\n")
     batches = [int(x) for x in args.decode_batches.split(",")]
     head = " | ".join(f"decode b={b} cached / recomputed" for b in batches)
     print(f"| mixer | parameters | train tokens/s | MFU | {head} | batch-1 weight-read bound |")
