@@ -15,8 +15,9 @@ float32 GEMM rate this script measures.
 ``--baseline-src DIR`` adds the WDA model of another copy of the package (``DIR/wavedensity``, e.g. an
 export of the main branch: ``git archive --prefix=before/ main | tar -x -C /tmp``, then
 ``--baseline-src /tmp/before/src``) as the row ``wda (DIR)``, stepped in turn with the others, so a
-change is measured before and after in one run. The decoding bound is bytes of weights read per token over the
-measured matrix-vector read rate.
+change is measured before and after in one run. Decoding: the models generate in turn (``--decode-rounds``
+times per batch size), each rate is the batch over the median time between consecutive tokens (the prefill
+excluded), and the bound is bytes of weights read per token over the median measured matrix-vector read rate.
 """
 
 import argparse
@@ -28,7 +29,7 @@ import time
 import warnings
 
 import torch
-from transformers import AutoConfig
+from transformers import AutoConfig, StoppingCriteria, StoppingCriteriaList
 
 import wavedensity
 from wavedensity import WDAForCausalLM, preset_config
@@ -91,20 +92,52 @@ def train_rates(models, batch: int, seq: int, steps: int) -> list[float]:
     return [batch * seq / sorted(spent[1:])[len(spent[1:]) // 2] for spent in times]
 
 
+class StepTimes(StoppingCriteria):
+    """Stops nothing; records when ``generate`` finished each token, so decoding steps are timed
+    inside one real generation loop (sampling glue included) and the prompt's prefill is not."""
+
+    def __init__(self):
+        self.times = []
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
-def decode_rate(model, batch: int, prompt: int, new: int, use_cache: bool) -> float:
-    """Generated tokens/s after the prompt: ``generate`` of ``new`` tokens minus ``generate`` of one, so the
-    prompt's forward pass (the prefill, a training-like batch) is not counted as decoding."""
+def decode_intervals(model, batch: int, prompt: int, new: int, use_cache: bool) -> list[float]:
+    """Seconds between consecutive tokens of one greedy ``generate`` of ``new`` tokens after a random
+    ``prompt``: the first token, which carries the prefill, starts the clock."""
     model.eval()
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt))
+    times = StepTimes()
+    model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=use_cache,
+                   stopping_criteria=StoppingCriteriaList([times]))
+    return [b - a for a, b in zip(times.times, times.times[1:])]
 
-    def seconds(tokens: int) -> float:
-        start = time.perf_counter()
-        model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, use_cache=use_cache)
-        return time.perf_counter() - start
 
-    seconds(2)  # warm-up
-    return batch * (new - 1) / (seconds(new) - seconds(1))
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def decode_rate(model, batch: int, prompt: int, new: int, use_cache: bool) -> float:
+    """Generated tokens/s after the prompt: ``batch`` over the median time between consecutive tokens
+    (the median, not the mean, so that a preempted step on a shared machine does not move the rate)."""
+    decode_intervals(model, batch, prompt, 2, use_cache)  # warm-up
+    return batch / median(decode_intervals(model, batch, prompt, new, use_cache))
+
+
+def interleaved_decode_rates(models, batches, prompt: int, new: int, use_cache: bool, rounds: int) -> list[dict]:
+    """``decode_rate`` of every model at every batch size, the models generating in turn ``rounds``
+    times (median over all rounds' intervals), so load that drifts on a shared machine weighs on all alike."""
+    intervals = [{b: [] for b in batches} for _ in models]
+    for b in batches:
+        for model in models:
+            decode_intervals(model, b, prompt, 2, use_cache)  # warm-up
+        for _ in range(rounds):
+            for model, spent in zip(models, intervals):
+                spent[b] += decode_intervals(model, b, prompt, new, use_cache)
+    return [{b: b / median(spent[b]) for b in batches} for spent in intervals]
 
 
 def main(argv=None):
@@ -121,6 +154,7 @@ def main(argv=None):
     parser.add_argument("--no-decode", action="store_true", help="measure training only")
     parser.add_argument("--no-train", action="store_true", help="measure decoding only")
     parser.add_argument("--cached-only", action="store_true", help="skip decoding that recomputes the window")
+    parser.add_argument("--decode-rounds", type=int, default=2, help="times each model generates per batch size, in turn")
     parser.add_argument("--baseline-src", help="also measure the WDA model of the package copy under DIR/wavedensity")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
@@ -128,8 +162,8 @@ def main(argv=None):
     peak, read = gemm_gflops(), matvec_gbytes()
     print(f"`python -m bench.throughput {' '.join(sys.argv[1:])}` — {datetime.date.today()}, {platform.machine()} "
           f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, float32; measured GEMM "
-          f"{peak:.0f} GFLOP/s, matrix-vector read {read:.1f} GB/s (decoding bounds: re-measured before each "
-          "model's decoding)\n")
+          f"{peak:.0f} GFLOP/s, matrix-vector read {read:.1f} GB/s (the decoding bound uses the median of this "
+          "rate and four more measured around the decoding runs)\n")
     rows = []
     overrides = {k: v for k, v in (("num_layers", args.layers), ("vocab_size", args.vocab)) if v is not None}
     mixers = args.mixers.split(",")
@@ -141,20 +175,24 @@ def main(argv=None):
         models.append(baseline.WDAForCausalLM(config))
         mixers = [*mixers, f"wda ({args.baseline_src})"]
     rates = [None] * len(models) if args.no_train else train_rates(models, args.train_batch, args.seq, args.steps)
-    for mixer, model, rate in zip(mixers, models, rates):
+    batches = [] if args.no_decode else [int(x) for x in args.decode_batches.split(",")]
+    prompt = max(1, args.seq - args.new_tokens)
+    # the bound from the median of read rates measured between the models' decoding runs
+    reads = [read] + [matvec_gbytes() for _ in range(2 if batches else 0)]
+    cached = interleaved_decode_rates(models, batches, prompt, args.new_tokens, True, args.decode_rounds)
+    reads += [matvec_gbytes() for _ in range(2 if batches else 0)]
+    recomputed = [dict.fromkeys(batches) for _ in models] if args.cached_only else \
+        interleaved_decode_rates(models, batches, prompt, args.new_tokens, False, args.decode_rounds)
+    read = median(reads)
+    for mixer, model, rate, fast, slow in zip(mixers, models, rates, cached, recomputed):
         mfu = None if args.no_train else 6 * matmul_params(model) * rate / (peak * 1e9)
-        prompt = max(1, args.seq - args.new_tokens)
-        if not args.no_decode:
-            read = matvec_gbytes()  # the bound from a read rate measured next to this model's decoding
-        decode = {b: (decode_rate(model, b, prompt, args.new_tokens, True),
-                      None if args.cached_only else decode_rate(model, b, prompt, args.new_tokens, False)) for b in
-                  [int(x) for x in args.decode_batches.split(",")] if not args.no_decode}
+        decode = {b: (fast[b], slow[b]) for b in batches}
         bound = read * 1e9 / (4 * matmul_params(model))  # float32 bytes of the weights each token reads
         rows.append((mixer, model.num_parameters(), rate, mfu, decode, bound))
     shape = "".join(f", {k} {v}" for k, v in (("layers", args.layers), ("vocab", args.vocab)) if v is not None)
     print(f"Preset {args.preset}{shape}; training batch {args.train_batch} x {args.seq}; decoding {args.new_tokens} new "
           f"tokens after a {max(1, args.seq - args.new_tokens)}-token prompt (greedy; the prompt's forward pass "
-          "is not counted: generate(N) - generate(1)).\n")
+          "is not counted: median time between consecutive tokens of one generate).\n")
     batches = [int(x) for x in args.decode_batches.split(",")]
     head = " | ".join(f"decode b={b} cached / recomputed" for b in batches)
     print(f"| mixer | parameters | train tokens/s | MFU | {head} | batch-1 weight-read bound |")

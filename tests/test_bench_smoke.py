@@ -132,6 +132,16 @@ def test_throughput_measures_a_package_copy_beside_this_one(one_thread):
     assert "| wda |" in text and f"| wda ({src}) |" in text
 
 
+def test_decode_profile_smoke(one_thread):
+    from bench import decode_profile
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    text = printed_by(decode_profile.main, ["--preset", "cpu-tiny", "--seq", "16", "--batches", "1,2", "--prompts", "3",
+                                            "--rounds", "2", "--baseline-src", src])
+    rows = [line for line in text.splitlines() if line.startswith("| b=")]
+    assert len(rows) == 4 and sum(f"| {src} |" in line for line in rows) == 2
+
+
 def test_profile_step_smoke(one_thread):
     from bench import profile_step
 

@@ -20,7 +20,8 @@ from transformers.cache_utils import Cache
 
 class WDALayerState:
     """One layer's decoding state: named batch-first tensors, tensors that do not depend on the batch
-    (``constants``: the rendered wave masks, untouched by beam reordering), and the positions seen."""
+    (``constants``: the rendered wave masks, and for one-token steps the masks and window laid out by
+    position, untouched by beam reordering), and the positions seen."""
 
     is_sliding = False
     is_compileable = False

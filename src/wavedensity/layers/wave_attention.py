@@ -221,6 +221,12 @@ class WaveDensityAttention(nn.Module):
         if self.routing == "pooled":
             return projected.mean(dim=1, keepdim=True)
         offset = state.length if state is not None else 0
+        if state is not None and projected.shape[1] == 1:  # one decoding step: add the token to the running sum
+            running = projected[:, 0].to(compute_dtype(projected.dtype))
+            if state.get("routing_sum") is not None:
+                running = running + state.get("routing_sum")
+            state.set(routing_sum=running)
+            return (running / (offset + 1)).unsqueeze(1).to(projected.dtype)
         running = prefix_sum(projected.to(compute_dtype(projected.dtype)))
         if state is not None and state.get("routing_sum") is not None:
             running = running + state.get("routing_sum").unsqueeze(1)
@@ -305,9 +311,41 @@ class WaveDensityAttention(nn.Module):
         return self.routing == "prefix" and self.kernel_mix == "logit" and not self.sampling["sampling"] \
             and offset == 0
 
+    def reversed_decoding_kernels(self, dtype: torch.dtype, device, state: WDALayerState):
+        """What a one-token step mixes, laid out by earlier position instead of distance (index ``L-1-d``
+        holds distance ``d``, so the ``N`` positions of a step are the last ``N`` columns, no flip per
+        step): the masks ``[H, M, L]`` (``kernel_mix="density"``: their densities) and the density
+        function on the reversed window. Rendered once per generation, like ``decoding_masks``."""
+        masks = state.constants.get("masks_reversed")
+        if masks is None or masks.dtype != dtype:
+            masks = self.decoding_masks(self.seq_len, dtype, device, state)
+            if self.kernel_mix == "density":
+                masks = self.density_fn(dtype, device)(masks)
+            masks = state.constants["masks_reversed"] = masks.flip(-1)
+            state.constants["window_reversed"] = gaussian_window(self.seq_len, device=device).to(dtype).flip(-1)
+        window = state.constants["window_reversed"]
+        to_density = None if self.kernel_mix == "density" else functools.partial(
+            density, attn_alpha=self.attn_alpha, stochastic=self.training, **self.sampling)
+        return masks, window, to_density
+
+    def one_token_context(self, weights: torch.Tensor, u: torch.Tensor, state: WDALayerState) -> torch.Tensor:
+        """``wave_context`` of one new position over its ``N`` positions of history (itself included), by
+        the kernel row directly: mix the reversed masks, the density, one ``[1, N] @ [N, C]`` product
+        per head and the normaliser. ``weights [B|1, H, 1, M]``, ``u [B, H, N, C]`` -> ``[B, H, 1, C-1]``."""
+        positions = u.shape[-2]
+        masks, window, to_density = self.reversed_decoding_kernels(u.dtype, u.device, state)
+        masks, window = masks[..., self.seq_len - positions:], window[self.seq_len - positions:]
+        kernel = torch.einsum("bhtm,hmn->bhtn", weights.to(u.dtype), masks)  # [B|1, H, 1, N]
+        if to_density is not None:  # kernel_mix="density" mixed densities, which carry the window already
+            kernel = to_density(kernel, window=window)
+        o = kernel @ u  # [B, H, 1, C]
+        return o[..., 1:] / (o[..., :1] + 1e-8)
+
     def wave_context(self, weights: torch.Tensor, u: torch.Tensor, offset: int,
                      state: WDALayerState | None = None) -> torch.Tensor:
         """``ctx_t = o_t[1:] / (o_t[0] + 1e-8)`` with ``o = apply_kernels(...)``: the wave path's context."""
+        if state is not None and u.shape[-2] == offset + 1 and not torch.is_grad_enabled():
+            return self.one_token_context(weights, u, state)
         if self.fuses_per_position(offset):
             masks = self.decoding_masks(u.shape[-2], u.dtype, u.device, state)
             window = gaussian_window(self.seq_len, device=u.device)

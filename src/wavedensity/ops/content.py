@@ -75,6 +75,9 @@ def linear_attention_terms(
         kv0, k_sum0 = q.new_zeros(*batch, rank, v.shape[-1]), q.new_zeros(*batch, rank)
     else:
         kv0, k_sum0 = (s.to(dtype) for s in state)
+    if seq == 1:  # one decoding step: add the token to the state, then read it (no chunking, no masks)
+        kv, k_sum = kv0 + k.transpose(-1, -2) @ v, k_sum0 + k[..., 0, :]
+        return q @ kv, q @ k_sum.unsqueeze(-1), (kv, k_sum)
     size = min(chunk, seq)
     count = -(-seq // size)
     # [..., count, size, *]; zero-padded keys and values add nothing, padded rows are dropped at the end
