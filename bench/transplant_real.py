@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     parser.add_argument("--content-mix", type=float, default=0.75, help="the content path's share (waves: the rest)")
     parser.add_argument("--feature-map", default="hedgehog", help="the content path's feature map")
     parser.add_argument("--window", type=int, default=64, help="sliding softmax window of the content path (0: off)")
-    parser.add_argument("--sinks", type=int, default=0,
+    parser.add_argument("--sinks", type=int, default=4,
                         help="the window's softmax also sees the sequence's first N positions (attention sinks)")
     parser.add_argument("--gate-hidden", type=int, default=8, help="width of the per-head gate/scale MLPs")
     parser.add_argument("--scale-rank", type=int, default=8)
