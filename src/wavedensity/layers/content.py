@@ -117,7 +117,8 @@ class ContentPath(nn.Module):
                 previous = {name: state.get(f"content_window_{name}") for name in names}
                 previous.update(kv=state.get("content_kv"), k_sum=state.get("content_k_sum"))
             out, new = window_linear_attention(q, k, v, q_feat, k_feat, torch.sigmoid(self.window_logit),
-                                               self.window, previous, sinks=self.sinks)
+                                               self.window, previous, sinks=self.sinks,
+                                               start=0 if state is None else state.length)
             if state is not None:
                 state.set(content_kv=new["kv"], content_k_sum=new["k_sum"],
                           **{f"content_window_{name}": new[name] for name in names})

@@ -187,6 +187,7 @@ def window_linear_attention(
     state: dict[str, torch.Tensor] | None = None,
     chunk: int = LINEAR_ATTENTION_CHUNK,
     sinks: int = 0,
+    start: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``o_t = (sum_{j in W_t} e^{s_tj - m_t} v_j + g sum_{j<=t, j not in W_t} phi_tj v_j) / (same sums of
     the weights)`` with ``W_t`` the softmax keys (the last ``w`` tokens ``t-w < j <= t`` and, with
@@ -200,6 +201,8 @@ def window_linear_attention(
     the tokens older than the window, the last ``w`` tokens (``k``, ``v``, ``k_feat``, ``valid``: in the
     window and not a sink) and the sinks (``sink_k``, ``sink_v``, ``sink_valid``: the slots filled so far,
     so a chunk that starts later still sees them); a fresh sequence starts from invalid zero tokens.
+    ``start``: the chunk's first position, which says how many sink slots are filled; a caller that
+    tracks positions passes it (``None`` counts the filled slots in ``state``, one host sync).
     """
     dtype = compute_dtype(v.dtype)
     q, k, v, q_feat, k_feat = (t.to(dtype) for t in (q, k, v, q_feat, k_feat))
@@ -216,7 +219,7 @@ def window_linear_attention(
     fresh = torch.ones(b, s, dtype=torch.bool, device=q.device)
     if sinks:
         # the sequence so far filled the first `seen` sink slots; the chunk's first `taken` tokens fill the next
-        seen = int(state["sink_valid"][0].sum())
+        seen = min(start, sinks) if start is not None else int(state["sink_valid"][0].sum())
         taken = min(s, sinks - seen)
         fresh[:, :taken] = False  # sinks: softmax keys of every later row, never in the window or linear terms
     valid = torch.cat([state["valid"], fresh], dim=1)  # [B, w + S]
