@@ -3,7 +3,7 @@ and the softmax baseline of identical dimensions.
 
 Run: python -m bench.throughput [--preset wda-130m] [--train-batch 4] [--seq 256] [--steps 3]
                                 [--decode-batches 1,8] [--new-tokens 64] [--layers N] [--vocab V]
-                                [--baseline-src DIR]
+                                [--baseline-src DIR] [--compiled-decoding]
 
 ``--layers`` / ``--vocab`` override the preset's depth and vocabulary (e.g. width 768 with a small
 vocabulary, so the mixers rather than the output head dominate a training step).
@@ -18,9 +18,14 @@ export of the main branch: ``git archive --prefix=before/ main | tar -x -C /tmp`
 change is measured before and after in one run. Decoding: the models generate in turn (``--decode-rounds``
 times per batch size), each rate is the batch over the median time between consecutive tokens (the prefill
 excluded), and the bound is bytes of weights read per token over the median measured matrix-vector read rate.
+
+``--compiled-decoding`` adds a copy of each model whose one-token steps run compiled
+(``WDAForCausalLM.compile_decoding()``, weights frozen in), decoding in turn with the others; its warm-up
+compiles (about a minute per batch size for the 130M preset on a CPU).
 """
 
 import argparse
+import copy
 import datetime
 import importlib.util
 import platform
@@ -133,7 +138,9 @@ def interleaved_decode_rates(models, batches, prompt: int, new: int, use_cache: 
     intervals = [{b: [] for b in batches} for _ in models]
     for b in batches:
         for model in models:
-            decode_intervals(model, b, prompt, 2, use_cache)  # warm-up
+            # warm-up: up to three one-token steps, since a compiled step compiles on the first and
+            # recompiles with dynamic shapes on the second (the prompt leaves room for `new` tokens)
+            decode_intervals(model, b, prompt, min(4, new), use_cache)
         for _ in range(rounds):
             for model, spent in zip(models, intervals):
                 spent[b] += decode_intervals(model, b, prompt, new, use_cache)
@@ -156,6 +163,8 @@ def main(argv=None):
     parser.add_argument("--cached-only", action="store_true", help="skip decoding that recomputes the window")
     parser.add_argument("--decode-rounds", type=int, default=2, help="times each model generates per batch size, in turn")
     parser.add_argument("--baseline-src", help="also measure the WDA model of the package copy under DIR/wavedensity")
+    parser.add_argument("--compiled-decoding", action="store_true",
+                        help="also decode with a copy of each model after compile_decoding() (rows '... compiled')")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
@@ -176,6 +185,10 @@ def main(argv=None):
         mixers = [*mixers, f"wda ({args.baseline_src})"]
     rates = [None] * len(models) if args.no_train else train_rates(models, args.train_batch, args.seq, args.steps)
     batches = [] if args.no_decode else [int(x) for x in args.decode_batches.split(",")]
+    if args.compiled_decoding and batches:  # copies made after training, which would change frozen weights
+        pairs = [(f"{mixer} compiled", copy.deepcopy(model).compile_decoding())
+                 for mixer, model in zip(mixers, models) if hasattr(model, "compile_decoding")]
+        mixers, models, rates = mixers + [p[0] for p in pairs], models + [p[1] for p in pairs], rates + [None] * len(pairs)
     prompt = max(1, args.seq - args.new_tokens)
     # the bound from the median of read rates measured between the models' decoding runs
     reads = [read] + [matvec_gbytes() for _ in range(2 if batches else 0)]
@@ -185,7 +198,7 @@ def main(argv=None):
         interleaved_decode_rates(models, batches, prompt, args.new_tokens, False, args.decode_rounds)
     read = median(reads)
     for mixer, model, rate, fast, slow in zip(mixers, models, rates, cached, recomputed):
-        mfu = None if args.no_train else 6 * matmul_params(model) * rate / (peak * 1e9)
+        mfu = None if rate is None else 6 * matmul_params(model) * rate / (peak * 1e9)
         decode = {b: (fast[b], slow[b]) for b in batches}
         bound = read * 1e9 / (4 * matmul_params(model))  # float32 bytes of the weights each token reads
         rows.append((mixer, model.num_parameters(), rate, mfu, decode, bound))

@@ -119,8 +119,9 @@ def test_throughput_smoke(one_thread):
     from bench import throughput
 
     text = printed_by(throughput.main, ["--preset", "cpu-tiny", "--seq", "16", "--train-batch", "2", "--steps", "1",
-                                        "--decode-batches", "1", "--new-tokens", "2"])
-    assert "| wda |" in text and "| softmax |" in text
+                                        "--decode-batches", "1", "--new-tokens", "2", "--compiled-decoding",
+                                        "--mixers", "wda"])
+    assert "| wda |" in text and "| wda compiled |" in text
 
 
 def test_throughput_measures_a_package_copy_beside_this_one(one_thread):

@@ -165,6 +165,11 @@ def test_train_then_eval_then_generate_then_chat(tmp_path, corpus, capsys, monke
     assert numbers["bytes"] == len(TEXT.encode()) - 1 and 0 < numbers["loss"] < 4.5
     assert main(["generate", "--model", str(run / "final"), "--prompt", "LINE", "--max-new-tokens", "20"]) == 0
     assert capsys.readouterr().out.startswith("LINE")
+    greedy = ["generate", "--model", str(run / "final"), "--prompt", "LINE", "--max-new-tokens", "12", "--temperature", "0"]
+    assert main(greedy) == 0
+    eager = capsys.readouterr().out
+    assert main([*greedy, "--compile"]) == 0
+    assert capsys.readouterr().out == eager
     replies = iter(["hello there", ""])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(replies))
     assert main(["chat", "--model", str(run / "final"), "--max-new-tokens", "10"]) == 0
