@@ -309,8 +309,11 @@ def set_branch_args(args, teacher) -> list[str]:
     text_config = teacher.config.get_text_config(decoder=True)
     args.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
     args.rope_theta = teacher_rope_theta(text_config) or 0.0
-    branch_head_dim = text_config.hidden_size // text_config.num_attention_heads
-    return ["vo", "qk", "gate"] if args.head_dim == branch_head_dim else []  # Gemma-3: refused (head_dim)
+    # Gemma-3 normalises its queries and keys per head (q_norm / k_norm), which the content path's linear
+    # projections cannot hold: its branches get the values and output (per-head SVD factors, its heads
+    # being wider than width / heads) and the open gate, with their own queries and keys
+    qk_norm = any(getattr(module, "q_norm", None) is not None for module in teacher.modules())
+    return ["vo", "gate"] if qk_norm else ["vo", "qk", "gate"]
 
 
 def transfer_stage_errors(args, command: str) -> dict:
@@ -348,18 +351,21 @@ def transfer_stage_errors(args, command: str) -> dict:
 
 @torch.no_grad()
 def init_losses(args) -> dict:
-    """Normalised transfer loss of every layer before any training, for random branches and after
-    ``init_from_teacher`` ``["vo"]`` and ``["vo", "qk"]``, on one captured batch (the first window)."""
+    """Normalised transfer loss of every layer before any training, for random branches and after each
+    further part of the teacher's ``init_from_teacher`` (``vo``, ``vo+qk``, ``vo+qk+gate``; Gemma-3: ``vo``,
+    ``vo+gate``), on one captured batch (the first window)."""
     torch.manual_seed(0)
     teacher, tokenizer = load_teacher(args.teacher, "float32", "cpu")
-    set_branch_args(args, teacher)
+    allowed = set_branch_args(args, teacher)
     config = run_config(args, Path(args.out) / "unused")
     ids = eval_windows(tokenizer, args.seq, args.seq)[0][0][None]
     model = transplant_model(teacher, args.teacher, list(range(len(decoder_layers(teacher)[1]))),
                              config.wda_settings(), config.init_gamma, config.alpha_layer_scale)
     captured = capture_attention(model, ids)
     report = {}
-    for name, parts in (("random", []), ("vo", ["vo"]), ("vo+qk", ["vo", "qk"]), ("vo+qk+gate", ["vo", "qk", "gate"])):
+    for count in range(len(allowed) + 1):  # random, then the teacher's parts one by one
+        parts = allowed[:count]
+        name = "+".join(parts) or "random"
         if parts:
             init_branches_from_teacher(model, parts)
         losses = [float(branch_transfer_loss(w, *captured[w.layer]).mean()) for w in wrappers_of(model)]

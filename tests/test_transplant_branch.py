@@ -125,3 +125,41 @@ def test_wda_options_reach_the_branch_and_bad_ones_are_refused(tmp_path):
         TransplantConfig.from_dict({**base, "wda_options": {"num_masks": 4}})
     with pytest.raises(ConfigError, match="wda_options must be an object"):
         TransplantConfig.from_dict({**base, "wda_options": [1]})
+
+
+def narrow_head_llama(head_dim: int):
+    """The tiny Llama teacher with heads narrower or wider than width / heads (24 / 4 = 6)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=TEACHER_VOCAB, hidden_size=24, intermediate_size=48,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim,
+                                        max_position_embeddings=64, num_hidden_layers=2)).eval()
+
+
+def test_vo_from_narrower_teacher_heads_is_still_the_teachers_attention():
+    """Teacher head_dim 4 < the branch's 6: each head's o_h v_h has rank 4, so its SVD factors are exact."""
+    model = tiny_transplant("llama", teacher=narrow_head_llama(4), **{**EXACT, "content_rank": 4},
+                            sliding_window=16).double()
+    init_branches_from_teacher(model, ["vo", "qk", "gate"])
+    ids = torch.randint(TEACHER_VOCAB, (2, 9), generator=torch.Generator().manual_seed(0))
+    for wrapper in wrappers_of(model):
+        x, teacher_out = capture_attention(model, ids)[wrapper.layer]
+        with torch.no_grad():  # atol: the SVD's float64 rounding on outputs of size ~0.1
+            torch.testing.assert_close(wrapper.branch(x, None), teacher_out, rtol=2e-6, atol=1e-10)
+
+
+def test_vo_from_wider_teacher_heads_is_the_best_rank_head_dim_map():
+    """Teacher head_dim 12 > the branch's 6: per head, out_h @ values_h is the truncated SVD of o_h v_h
+    (Eckart-Young: its error is the norm of the dropped singular values)."""
+    teacher = narrow_head_llama(12)
+    model = tiny_transplant("llama", teacher=teacher, **{**EXACT, "content_rank": 12}).double()
+    init_branches_from_teacher(model, ["vo"])
+    attention = teacher.model.layers[0].self_attn
+    mixer = wrappers_of(model)[0].wda.mixer
+    v = attention.v_proj.weight.double().unflatten(0, (2, 12)).repeat_interleave(2, dim=0)  # GQA: 2 -> 4 heads
+    for h in range(4):
+        product = attention.o_proj.weight.double()[:, h * 12 : (h + 1) * 12] @ v[h]
+        branch = mixer.out_proj.weight[:, h * 6 : (h + 1) * 6] @ mixer.in_proj.weight[h * 6 : (h + 1) * 6]
+        dropped = torch.linalg.svdvals(product)[6:]
+        torch.testing.assert_close(torch.linalg.matrix_norm(product - branch), dropped.norm())

@@ -129,8 +129,8 @@ def test_init_from_gpt2_splits_the_fused_projection():
 
 
 @pytest.mark.parametrize("family,parts,branch,message", [
-    ("gemma3", ["vo"], {}, "head_dim"),  # 2 heads of 16 in a width of 24
-    ("gemma3", ["qk"], {"content_rank": 12}, "head_dim"),
+    ("gemma3", ["qk"], {"content_rank": 12}, "head_dim"),  # 2 heads of 16 in a width of 24
+    ("gemma3", ["qk"], {"content_rank": 16}, "q_norm"),
     ("qwen2", ["qk"], {"content_rank": 6}, "biases"),
     ("gpt2", ["qk"], {"content_rank": 6}, "biases"),
     ("llama", ["qk"], {}, "content_rank = the teacher's head_dim 6, got 2"),

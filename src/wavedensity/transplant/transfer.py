@@ -12,7 +12,11 @@ backward through the teacher.
 
 Initialisation from the teacher (``init_from_teacher``): ``"vo"`` copies the teacher's value and
 output projections into the branch's values (the first rows of ``in_proj``) / ``out_proj`` (grouped-query heads expanded to every
-query head); ``"qk"`` copies its query/key projections into the content path's ``content_q_proj`` /
+query head). A teacher whose head width differs from the branch's (width / heads; Gemma-3: 256 against
+640 / 4) gets, per head, the best rank-``Dh`` factors of its value-to-output map ``o_h v_h`` (a truncated
+SVD split evenly between the two): attention weights are scalars per token pair, so a head's output
+is ``sum_s a(t, s) o_h v_h x_s`` and only that product matters; it is exact when the teacher's heads are
+no wider than the branch's; ``"qk"`` copies its query/key projections into the content path's ``content_q_proj`` /
 ``content_k_proj`` (content rank = the teacher's head dimension; a RoPE teacher needs the branch's
 ``content_rope_theta`` = its base, else the copied queries and keys would score without positions);
 ``"gate"`` opens the branch's output gate (``out = q_gate * context + (1 - q_gate) * v`` with q_gate
@@ -113,6 +117,26 @@ def _expand_heads(weight: torch.Tensor, kv_heads: int, heads: int, head_dim: int
     return weight.unflatten(0, (kv_heads, head_dim)).repeat_interleave(heads // kv_heads, dim=0).flatten(0, 1)
 
 
+def _value_output_factors(v, vb, o, heads: int, width: int):
+    """Per head h, rank-``width`` factors ``O_h [D, width]``, ``V_h [width, D]`` of the teacher's
+    ``o_h v_h`` (the truncated SVD ``U S W^T`` as ``U sqrt(S)`` and ``sqrt(S) W^T``), and the value bias
+    whose image ``O_h b`` is the least-squares fit of the teacher's ``o_h vb_h``. Returns the branch's
+    value weight ``[H * width, D]``, value bias and output weight ``[D, H * width]``."""
+    teacher_width = v.shape[0] // heads
+    values, biases, outputs = [], [], []
+    for h in range(heads):
+        rows = slice(h * teacher_width, (h + 1) * teacher_width)
+        o_h = o[:, rows].double()
+        u, sv, wt = torch.linalg.svd(o_h @ v[rows].double(), full_matrices=False)
+        root = sv[:width].sqrt()
+        out_h = u[:, :width] * root
+        values.append(root[:, None] * wt[:width])
+        outputs.append(out_h)
+        biases.append(torch.linalg.lstsq(out_h, (o_h @ vb[rows].double())[:, None]).solution[:, 0])
+    cast = lambda parts, dim: torch.cat(parts, dim=dim).to(v.dtype)  # noqa: E731
+    return cast(values, 0), cast(biases, 0), cast(outputs, 1)
+
+
 def init_branches_from_teacher(model, parts: list[str]) -> None:
     """Copy the teacher's attention projections into every wrapped layer's WDA branch (``parts`` from
     ``INIT_PARTS``); a teacher whose shapes or extras the branch cannot hold is refused by name."""
@@ -126,22 +150,22 @@ def init_branches_from_teacher(model, parts: list[str]) -> None:
         mixer, teacher = wrapper.wda.mixer, wrapper.teacher
         where = f"layer {wrapper.layer} ({type(teacher).__name__})"
         head_dim = getattr(teacher, "head_dim", config.hidden_size // heads)
-        if mixer.num_heads != heads or mixer.head_dim != head_dim:
-            raise TransplantError(
-                f"{where}: init_from_teacher needs the branch's heads x head_dim ({mixer.num_heads} x "
-                f"{mixer.head_dim}) to equal the teacher's ({heads} x {head_dim}); the branch's head_dim is "
-                f"width / heads, so a teacher whose head_dim differs (e.g. Gemma-3) cannot be copied")
+        if mixer.num_heads != heads:
+            raise TransplantError(f"{where}: init_from_teacher needs the branch's {mixer.num_heads} heads to equal "
+                                  f"the teacher's {heads}")
         proj = _projections(teacher)
         with torch.no_grad():
             if "vo" in parts:
                 (v, vb), (o, ob) = proj["v"], proj["o"]
+                v = _expand_heads(v, kv_heads, heads, head_dim)
+                vb = v.new_zeros(v.shape[0]) if vb is None else \
+                    _expand_heads(vb[:, None], kv_heads, heads, head_dim)[:, 0]
+                if mixer.head_dim != head_dim:
+                    v, vb, o = _value_output_factors(v, vb, o, heads, mixer.head_dim)
                 # the values are the first rows of the branch's fused input projection
                 values = slice(0, mixer.input_sizes["v_proj"])
-                mixer.in_proj.weight[values].copy_(_expand_heads(v, kv_heads, heads, head_dim))
-                if vb is None:
-                    mixer.in_proj.bias[values].zero_()
-                else:
-                    mixer.in_proj.bias[values].copy_(_expand_heads(vb[:, None], kv_heads, heads, head_dim)[:, 0])
+                mixer.in_proj.weight[values].copy_(v)
+                mixer.in_proj.bias[values].copy_(vb)
                 mixer.out_proj.weight.copy_(o)
                 if ob is None:
                     mixer.out_proj.bias.zero_()
