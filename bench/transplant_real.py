@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     parser.add_argument("--teacher", help="teacher directory (config, float32 weights, tokenizer)")
     parser.add_argument("--smoke", action="store_true", help="a tiny random Llama, a few steps (seconds)")
     parser.add_argument("--eval-tokens", type=int, default=8192)
-    parser.add_argument("--transfer-steps", type=int, default=30)
+    parser.add_argument("--transfer-steps", type=int, default=80)
     parser.add_argument("--e2e-steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq", type=int, default=256)
