@@ -42,15 +42,14 @@ from wavedensity.eval import evaluate
 from wavedensity.transplant.adapter import load_adapter, load_teacher, transplant_model
 from wavedensity.transplant.config import TransplantConfig
 from wavedensity.transplant.evaluation import set_mode
-from wavedensity.transplant.find import decoder_layers, select_layers
+from wavedensity.transplant.find import decoder_layers, select_layers, teacher_rope_theta
 from wavedensity.transplant.trainer import read_transfer_errors, train_transplant
 from wavedensity.transplant.transfer import (
     branch_transfer_loss,
     capture_attention,
     init_branches_from_teacher,
-    teacher_rope_theta,
 )
-from wavedensity.transplant.wrapper import trainable_parameters, wrappers_of
+from wavedensity.transplant.wrapper import TEACHER_ROPE, trainable_parameters, wrappers_of
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -79,7 +78,8 @@ def run_config(args, out_dir: Path, **overrides) -> TransplantConfig:
         # the LoLCATs branch: hedgehog linear attention on the teacher's RoPE'd queries/keys + a softmax window
         "wda_options": {"content_feature_map": args.feature_map, "sliding_window": args.window,
                         "sliding_sinks": args.sinks,
-                        "content_rope_theta": args.rope_theta, "gate_hidden": args.gate_hidden,
+                        "content_rope_theta": args.rope_theta, "content_qk_norm": args.qk_norm,
+                        "gate_hidden": args.gate_hidden,
                         "scale_rank": args.scale_rank},
         "device": "cpu", "seed": 0, "log_every": 1, "eval_every": 10**6, "eval_batches": 2, "save_every": 10**6,
         "out_dir": str(out_dir), **overrides}
@@ -305,15 +305,14 @@ def main(argv=None) -> int:
 
 
 def set_branch_args(args, teacher) -> list[str]:
-    """Set the branch's head width and RoPE base from the teacher on ``args``; the teacher-init parts."""
+    """Set the branch's head width, RoPE bases and q/k norms from the teacher on ``args``; the teacher-init parts."""
     text_config = teacher.config.get_text_config(decoder=True)
     args.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
-    args.rope_theta = teacher_rope_theta(text_config) or 0.0
-    # Gemma-3 normalises its queries and keys per head (q_norm / k_norm), which the content path's linear
-    # projections cannot hold: its branches get the values and output (per-head SVD factors, its heads
-    # being wider than width / heads) and the open gate, with their own queries and keys
-    qk_norm = any(getattr(module, "q_norm", None) is not None for module in teacher.modules())
-    return ["vo", "gate"] if qk_norm else ["vo", "qk", "gate"]
+    # each branch rotates with its own teacher layer's RoPE base (Gemma-3: 10,000 sliding, 1,000,000 global)
+    args.rope_theta = TEACHER_ROPE if teacher_rope_theta(text_config) else 0.0
+    # Gemma-3 normalises its queries and keys per head (q_norm / k_norm): the content path gets the same norms
+    args.qk_norm = any(getattr(module, "q_norm", None) is not None for module in teacher.modules())
+    return ["vo", "qk", "gate"]
 
 
 def transfer_stage_errors(args, command: str) -> dict:
@@ -352,8 +351,8 @@ def transfer_stage_errors(args, command: str) -> dict:
 @torch.no_grad()
 def init_losses(args) -> dict:
     """Normalised transfer loss of every layer before any training, for random branches and after each
-    further part of the teacher's ``init_from_teacher`` (``vo``, ``vo+qk``, ``vo+qk+gate``; Gemma-3: ``vo``,
-    ``vo+gate``), on one captured batch (the first window)."""
+    further part of the teacher's ``init_from_teacher`` (``vo``, ``vo+qk``, ``vo+qk+gate``), on one
+    captured batch (the first window)."""
     torch.manual_seed(0)
     teacher, tokenizer = load_teacher(args.teacher, "float32", "cpu")
     allowed = set_branch_args(args, teacher)

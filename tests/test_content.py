@@ -124,6 +124,15 @@ def test_sliding_window_with_linear_terms_matches_reference_and_continues_from_i
             q, k, v, taylor_feature_map(q), taylor_feature_map(k), gate(g), window))
 
 
+@pytest.mark.parametrize("s", LENGTHS)
+def test_qk_rms_norm_matches_torchs_with_gradients(s):
+    from wavedensity.layers.content import QK_NORM_EPS, rms_norm
+
+    z, weight = leaves(s, s, lambda n: (B, H, n, R), lambda n: (R,))
+    assert_same_with_gradients(lambda z, w: rms_norm(z, w),
+                               lambda z, w: torch.nn.functional.rms_norm(z, (R,), w, eps=QK_NORM_EPS), [z, weight])
+
+
 # ---- the options in the model: causal, cached exactly -----------------------------------------
 
 OPTIONS = {
@@ -141,6 +150,9 @@ OPTIONS = {
     # issue 11: the window's softmax also sees the first 3 positions (tests/test_sinks.py: reference, chunks)
     "window-sinks": dict(sliding_window=5, sliding_sinks=3, content_feature_map="hedgehog", content_mix=0.5,
                          content_rope_theta=100.0),
+    # the Gemma-3 transplant's branch: per-head q/k norms before RoPE, hedgehog features, window and sinks
+    "qk-norm": dict(content_qk_norm=True, sliding_window=5, sliding_sinks=2, content_feature_map="hedgehog",
+                    content_mix=0.5, content_rope_theta=100.0, content_rank=4),
 }
 
 
@@ -235,6 +247,7 @@ def test_default_content_path_has_no_new_parameters():
     (dict(mixer_types=["wda"]), "mixer_types has 1 entries"),
     (dict(mixer_types=["wda", "mamba"]), "mamba"),
     (dict(softmax_window=-2), "softmax_window"),
+    (dict(content_qk_norm="yes"), "content_qk_norm"),
 ])
 def test_bad_recall_options_fail_by_name(bad, message):
     with pytest.raises(Exception, match=message):
@@ -249,7 +262,7 @@ def test_remote_code_runs_the_new_paths(tmp_path):
     spec = importlib.util.spec_from_file_location("remote_wda", path)
     remote = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(remote)
-    for name in ("taylor-conv", "hybrid-window"):
+    for name in ("taylor-conv", "hybrid-window", "qk-norm"):
         model = option_model(name)
         config = remote.WDAConfig.from_dict(model.config.to_dict())
         assert config.layer_mixers() == model.config.layer_mixers()

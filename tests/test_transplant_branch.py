@@ -163,3 +163,47 @@ def test_vo_from_wider_teacher_heads_is_the_best_rank_head_dim_map():
         branch = mixer.out_proj.weight[:, h * 6 : (h + 1) * 6] @ mixer.in_proj.weight[h * 6 : (h + 1) * 6]
         dropped = torch.linalg.svdvals(product)[6:]
         torch.testing.assert_close(torch.linalg.matrix_norm(product - branch), dropped.norm())
+
+
+def normed_gemma(head_dim: int = 12):
+    """A tiny Gemma-3 whose heads are width / heads wide (24 / 2), a sliding window no shorter than the
+    test sequences, its two RoPE bases, query_pre_attn_scalar 256 (softmax scale 1/16, not 1/sqrt(12))
+    and q/k norm gains away from 1."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    teacher = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=TEACHER_VOCAB, hidden_size=24, intermediate_size=48, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=head_dim, num_hidden_layers=2, max_position_embeddings=64, sliding_window=32,
+        layer_types=["sliding_attention", "full_attention"])).eval()
+    with torch.no_grad():
+        for name, param in teacher.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                param.normal_(0.0, 0.5)
+    return teacher
+
+
+GEMMA_EXACT = dict(branch_output="mixer", content_rank=12, content_mix=1.0, content_feature_map="hedgehog",
+                   content_rope_theta="teacher", content_qk_norm=True, sliding_window=32)
+
+
+@pytest.mark.parametrize("s", [1, 2, 7, 16])
+def test_teacher_init_copies_gemmas_qk_norms_rope_bases_and_scale(s):
+    """Gemma-3: per-head q/k RMS norms (gain 1 + w), RoPE base 10,000 in sliding layers and 1,000,000 in
+    global ones ("teacher" resolves each), softmax scale query_pre_attn_scalar ** -0.5: with vo + qk + gate
+    the branch is the teacher's attention (the teacher's norms run in float32, hence the tolerance)."""
+    model = tiny_transplant("gemma3", teacher=normed_gemma(), **GEMMA_EXACT).double()
+    thetas = [wrapper.wda.mixer.content.rope_theta for wrapper in wrappers_of(model)]
+    assert thetas == [10000.0, 1000000.0]
+    init_branches_from_teacher(model, ["vo", "qk", "gate"])
+    ids = torch.randint(TEACHER_VOCAB, (2, s), generator=torch.Generator().manual_seed(s))
+    for wrapper in wrappers_of(model):
+        x, teacher_out = capture_attention(model, ids)[wrapper.layer]
+        with torch.no_grad():
+            torch.testing.assert_close(wrapper.branch(x, None), teacher_out, rtol=1e-5, atol=1e-7)
+
+
+def test_gemma_qk_needs_the_content_paths_norms():
+    model = tiny_transplant("gemma3", teacher=normed_gemma(), **{**GEMMA_EXACT, "content_qk_norm": False})
+    with pytest.raises(TransplantError, match="content_qk_norm true"):
+        init_branches_from_teacher(model, ["qk"])

@@ -2,7 +2,8 @@
 
 The layer computes the rank-R query/key projections (``content_q_proj`` / ``content_k_proj``, the
 release's names) and its values; this module turns them into the content context ``[B, H, S, Dh]``:
-an optional short causal convolution, optional rotary position embedding, the feature map, the (un)normalised linear attention, and an
+optional per-head RMS norms of the queries and keys, an optional short causal convolution, optional
+rotary position embedding, the feature map, the (un)normalised linear attention, and an
 optional sliding-window softmax term sharing its normaliser. With the defaults (``elu``, no conv, no
 window, the layer's values) it has no parameters and computes exactly the release's content path.
 
@@ -33,6 +34,12 @@ from .cache import WDALayerState
 
 WINDOW_STATE = ("k", "v", "k_feat", "valid")
 SINK_STATE = ("sink_k", "sink_v", "sink_valid")
+QK_NORM_EPS = 1e-6  # Gemma-3's rms_norm_eps
+
+
+def rms_norm(z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``z / sqrt(mean(z^2) + eps) * weight`` over the last dimension (each head's rank-R channels)."""
+    return z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + QK_NORM_EPS) * weight.to(z.dtype)
 
 
 class ContentPath(nn.Module):
@@ -48,6 +55,11 @@ class ContentPath(nn.Module):
         self.sinks = config.sliding_sinks
         self.conv_size = config.content_conv
         self.rope_theta = float(config.content_rope_theta)
+        if config.content_qk_norm:  # one scale per channel, shared by the heads (Gemma-3's q_norm / k_norm)
+            self.q_norm_weight = nn.Parameter(torch.empty(r))
+            self.k_norm_weight = nn.Parameter(torch.empty(r))
+        else:
+            self.q_norm_weight = self.k_norm_weight = None
         if self.kind == "hedgehog":
             self.hedgehog_weight = nn.Parameter(torch.empty(h, r, r))
             self.hedgehog_bias = nn.Parameter(torch.empty(h, r))
@@ -65,7 +77,10 @@ class ContentPath(nn.Module):
 
     def reset_parameters(self) -> None:
         """Hedgehog starts as the identity map; the convolution as torch's ``Conv1d`` default draws its
-        taps; the linear terms start at half the window's weight (logit 0)."""
+        taps; the linear terms start at half the window's weight (logit 0); the q/k norms at scale 1."""
+        if self.q_norm_weight is not None:
+            init.ones_(self.q_norm_weight)
+            init.ones_(self.k_norm_weight)
         if self.kind == "hedgehog":
             init.copy_(self.hedgehog_weight, torch.eye(self.rank).expand(self.num_heads, -1, -1))
             init.zeros_(self.hedgehog_bias)
@@ -103,6 +118,8 @@ class ContentPath(nn.Module):
         if self.value_proj is not None:
             b, s, _ = x.shape
             v = self.value_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm_weight is not None:
+            q, k = rms_norm(q, self.q_norm_weight), rms_norm(k, self.k_norm_weight)
         if self.conv_size > 0:
             q, k, v = self.convolve(q, k, v, state)
         if self.rope_theta > 0:  # the cache's length is the first new token's position

@@ -68,6 +68,9 @@ class WDAConfig(PreTrainedConfig):
         content_rope_theta: ``> 0`` rotates the path's queries and keys by their position (RoPE with this
             base, the Llama layout) before the feature map and the window; a transplant from a RoPE
             teacher sets the teacher's base so copied query/key projections score as the teacher's.
+        content_qk_norm: RMS-normalise each head's rank-R queries and keys with a learned scale per
+            channel (eps 1e-6), first, before the convolution and RoPE: the per-head q/k norms of
+            Gemma-3 or Qwen3, so a transplant can copy such a teacher's queries and keys.
 
     Hybrid stacks: ``mixer_types`` lists ``"wda"`` or ``"softmax"`` per layer (default: ``mixer`` in
     every layer); ``softmax_window`` > 0 limits softmax layers to the last that many tokens.
@@ -129,6 +132,7 @@ class WDAConfig(PreTrainedConfig):
     sliding_window: int = 0
     sliding_sinks: int = 0
     content_rope_theta: float = 0.0
+    content_qk_norm: bool = False
     mixer_types: list[str] | None = None
     softmax_window: int = 0
 
@@ -181,6 +185,8 @@ class WDAConfig(PreTrainedConfig):
         if self.content_rope_theta < 0 or (self.content_rope_theta > 0 and self.content_rank % 2):
             raise ValueError(f"content_rope_theta={self.content_rope_theta} must be >= 0 (0: off) and needs an even "
                              f"content_rank (got {self.content_rank})")
+        if not isinstance(self.content_qk_norm, bool):
+            raise ValueError(f"WDAConfig.content_qk_norm={self.content_qk_norm!r} must be true or false")
         if self.sliding_window > 0 and not self.content_normalize:
             raise ValueError("sliding_window > 0 shares one normaliser with the linear terms; it needs "
                              "content_normalize=True")

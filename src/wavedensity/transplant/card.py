@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..share.card import card_head, read_metrics, use_section
 from .config import TransplantConfig
-from .wrapper import wda_branch_config, wrappers_of
+from .wrapper import layer_branch_settings, wda_branch_config, wrappers_of
 
 
 @dataclass
@@ -51,7 +51,8 @@ def mixing_text(mixing: dict) -> str:
 def transplant_rows(model) -> list[tuple[str, object]]:
     """(name, value) rows describing a ``WDATransplantForCausalLM``."""
     settings, base = model.config.transplant, model.config.text_config
-    wda = wda_branch_config(base.hidden_size, base.num_attention_heads, **settings["wda"])  # defaults filled in
+    first = layer_branch_settings(settings["wda"], base, settings["layers"][0]) if settings["layers"] else settings["wda"]
+    wda = wda_branch_config(base.hidden_size, base.num_attention_heads, **first)  # defaults filled in
     wrappers = wrappers_of(model)
     branch = sum(p.numel() for w in wrappers for n, p in w.named_parameters() if not n.startswith("teacher."))
     teacher_attention = sum(p.numel() for w in wrappers for p in w.teacher.parameters())

@@ -16,6 +16,22 @@ class TransplantError(ValueError):
     """A model, layer selection, adapter or config the transplant cannot use; the message names it."""
 
 
+def teacher_rope_theta(config, layer: int = 0) -> float | None:
+    """The RoPE base of decoder layer ``layer`` of a teacher config (None: no rotary embedding). Gemma-3
+    keeps one base per layer type (``rope_parameters`` keyed by ``layer_types``: 10,000 for its sliding
+    layers, 1,000,000 for its global ones); scaled or partial RoPE is refused."""
+    params = getattr(config, "rope_parameters", None) or {}
+    if params and all(isinstance(value, dict) for value in params.values()):
+        params = params[config.layer_types[layer]]
+    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
+    if theta is None:
+        return None
+    if params.get("rope_type", "default") != "default" or getattr(config, "partial_rotary_factor", 1.0) != 1.0:
+        raise TransplantError(f"the teacher's RoPE ({params}) is scaled or partial; the content path's rotary "
+                              "embedding is the plain one, so 'qk' cannot be copied")
+    return float(theta)
+
+
 @dataclass(frozen=True)
 class AttentionSite:
     """One decoder layer's self-attention module and the facts that matter for wrapping it."""

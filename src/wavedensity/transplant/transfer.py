@@ -18,7 +18,9 @@ SVD split evenly between the two): attention weights are scalars per token pair,
 is ``sum_s a(t, s) o_h v_h x_s`` and only that product matters; it is exact when the teacher's heads are
 no wider than the branch's; ``"qk"`` copies its query/key projections into the content path's ``content_q_proj`` /
 ``content_k_proj`` (content rank = the teacher's head dimension; a RoPE teacher needs the branch's
-``content_rope_theta`` = its base, else the copied queries and keys would score without positions);
+``content_rope_theta`` = its base, or ``"teacher"``: each layer its teacher layer's base, Gemma-3 having
+two; a teacher that normalises its queries and keys per head, Gemma-3, needs ``content_qk_norm`` and its
+norms' gains are copied too; the teacher's softmax scale is folded into the queries);
 ``"gate"`` opens the branch's output gate (``out = q_gate * context + (1 - q_gate) * v`` with q_gate
 1), so the branch outputs its attention context alone. With all three, ``content_mix`` 1 and a
 ``sliding_window`` of at least the sequence length the branch is exactly the teacher's attention; a
@@ -29,7 +31,8 @@ shorter window adds the linear (hedgehog) terms for older tokens, the LoLCATs br
 import torch
 from torch import nn
 
-from .find import TransplantError
+from ..layers.content import QK_NORM_EPS
+from .find import TransplantError, teacher_rope_theta
 from .wrapper import ParallelAttention, teacher_mode, wrappers_of
 
 INIT_PARTS = ("vo", "qk", "gate")
@@ -172,23 +175,12 @@ def init_branches_from_teacher(model, parts: list[str]) -> None:
                 else:
                     mixer.out_proj.bias.copy_(ob)
             if "qk" in parts:
-                _init_content(mixer, proj, teacher, where, heads, kv_heads, head_dim, teacher_rope_theta(config))
+                _init_content(mixer, proj, teacher, where, heads, kv_heads, head_dim,
+                              teacher_rope_theta(config, wrapper.layer))
             if "gate" in parts:  # the query modulators follow the values in the fused input projection
                 gate = slice(mixer.input_sizes["v_proj"], mixer.input_sizes["v_proj"] + heads)
                 mixer.in_proj.weight[gate].zero_()
                 mixer.in_proj.bias[gate].fill_(GATE_OPEN_LOGIT)
-
-
-def teacher_rope_theta(config) -> float | None:
-    """The RoPE base of a teacher config (None: no rotary embedding); scaled or partial RoPE is refused."""
-    params = getattr(config, "rope_parameters", None) or {}
-    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
-    if theta is None:
-        return None
-    if params.get("rope_type", "default") != "default" or getattr(config, "partial_rotary_factor", 1.0) != 1.0:
-        raise TransplantError(f"the teacher's RoPE ({params}) is scaled or partial; the content path's rotary "
-                              "embedding is the plain one, so 'qk' cannot be copied")
-    return float(theta)
 
 
 def _init_content(mixer, proj, teacher, where, heads, kv_heads, head_dim, rope_theta) -> None:
@@ -198,10 +190,11 @@ def _init_content(mixer, proj, teacher, where, heads, kv_heads, head_dim, rope_t
     if mixer.content_rank != head_dim:
         raise TransplantError(f"{where}: init_from_teacher 'qk' needs wda_content_rank = the teacher's head_dim "
                               f"{head_dim}, got {mixer.content_rank}")
-    for norm in ("q_norm", "k_norm"):
-        if getattr(teacher, norm, None) is not None:
-            raise TransplantError(f"{where}: the teacher normalises its queries/keys per head ({norm}); a linear "
-                                  "content projection cannot reproduce that, so 'qk' cannot be copied")
+    norms = [getattr(teacher, name, None) for name in ("q_norm", "k_norm")]
+    content = mixer.content
+    if any(norm is not None for norm in norms) and (content is None or content.q_norm_weight is None):
+        raise TransplantError(f"{where}: the teacher normalises its queries/keys per head (q_norm / k_norm): set "
+                              "wda_options content_qk_norm true so the content path can hold them and 'qk' be copied")
     (q, qb), (k, kb) = proj["q"], proj["k"]
     if qb is not None or kb is not None:
         raise TransplantError(f"{where}: the teacher's query/key projections have biases, which the content "
@@ -211,5 +204,19 @@ def _init_content(mixer, proj, teacher, where, heads, kv_heads, head_dim, rope_t
         raise TransplantError(f"{where}: the teacher rotates its queries/keys with RoPE base {rope_theta}, the branch's "
                               f"content path with {branch_theta or 'none'}: set wda_options content_rope_theta to "
                               f"{rope_theta or 0} so the copied projections score as the teacher's")
-    mixer.content_q_proj.weight.copy_(q)
+    # the teacher's softmax scale (Gemma-3: query_pre_attn_scalar ** -0.5) against the branch's 1 / sqrt(R),
+    # folded into the queries: into their norm's scale where the teacher normalises them
+    query_scale = getattr(teacher, "scaling", head_dim ** -0.5) * head_dim ** 0.5
     mixer.content_k_proj.weight.copy_(_expand_heads(k, kv_heads, heads, head_dim))
+    if norms[0] is None:
+        mixer.content_q_proj.weight.copy_(q * query_scale)
+        return
+    mixer.content_q_proj.weight.copy_(q)
+    ones = torch.ones(head_dim, dtype=q.dtype, device=q.device)
+    for norm, weight, scale in zip(norms, (content.q_norm_weight, content.k_norm_weight), (query_scale, 1.0)):
+        if abs(getattr(norm, "eps", QK_NORM_EPS) - QK_NORM_EPS) > 1e-9:
+            raise TransplantError(f"{where}: the teacher's q/k norms use eps {norm.eps}, the content path's "
+                                  f"{QK_NORM_EPS}, so 'qk' cannot be copied")
+        # the norm's per-channel gain whatever its convention (Gemma's 1 + w): its output on ones, whose
+        # mean square is 1, times the sqrt(1 + eps) the normalisation divided by
+        weight.copy_(norm(ones) * (1 + QK_NORM_EPS) ** 0.5 * scale)

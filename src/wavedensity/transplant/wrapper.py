@@ -22,7 +22,7 @@ from transformers import DynamicCache
 
 from ..layers import WDABlock, WDALayerState
 from ..models import WDAConfig
-from .find import TransplantError, decoder_layers, find_attention
+from .find import TransplantError, decoder_layers, find_attention, teacher_rope_theta
 
 LAYER_SCALES = ("none", "sqrt", "linear", "inv_sqrt")
 # What the branch returns: the release's ``WDABlock(x) - x`` (a LayerNorm of x + mixer, minus x), or the
@@ -42,6 +42,17 @@ def layer_alpha_scale(kind: str, layer: int, num_layers: int) -> float:
     if kind == "inv_sqrt":
         return 1.0 / math.sqrt(layer + 1)
     raise TransplantError(f"alpha_layer_scale {kind!r} is not one of {LAYER_SCALES}")
+
+
+TEACHER_ROPE = "teacher"  # wda_options content_rope_theta: each layer takes its teacher layer's RoPE base
+
+
+def layer_branch_settings(settings: dict, config, layer: int) -> dict:
+    """The branch settings of decoder layer ``layer``: ``content_rope_theta`` ``"teacher"`` becomes that
+    layer's RoPE base in the teacher's ``config`` (Gemma-3's sliding and global layers differ; 0 without RoPE)."""
+    if settings.get("content_rope_theta") != TEACHER_ROPE:
+        return settings
+    return {**settings, "content_rope_theta": teacher_rope_theta(config, layer) or 0.0}
 
 
 def wda_branch_config(hidden_size: int, num_heads: int, **settings) -> WDAConfig:
@@ -181,7 +192,7 @@ def install(model: nn.Module, layers: list[int], wda_settings: dict, init_gamma:
         teacher = getattr(decoder[index], site.attribute)
         if isinstance(teacher, ParallelAttention):
             raise TransplantError(f"{site.path} is already wrapped")
-        branch = wda_branch_config(config.hidden_size, site.heads, **wda_settings)
+        branch = wda_branch_config(config.hidden_size, site.heads, **layer_branch_settings(wda_settings, config, index))
         scale = layer_alpha_scale(alpha_layer_scale, index, len(decoder))
         wrapper = ParallelAttention(teacher, branch, index, init_gamma, scale,
                                     wda_settings.get("branch_output", "block_delta"))
