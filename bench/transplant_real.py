@@ -238,7 +238,7 @@ def main(argv=None) -> int:
         saved = out / "transfer-only"  # the transfer stage as it ended, before any end-to-end steps resumed it
         if saved.is_dir():
             shutil.rmtree(init_run, ignore_errors=True)
-            shutil.copytree(saved, init_run)
+            shutil.copytree(saved, init_run, symlinks=True)  # the adapter pair is links (save_adapter)
         if not (init_run / "adapter.safetensors").is_file():
             raise SystemExit(f"--reuse-transfer: no transfer adapter in {init_run}")
         trained = {"reused_from": str(init_run)}
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
     results["transfer_errors"] = errors
     transfer_only = out / "transfer-only"  # hybrids read the transfer stage's adapter, whatever ran after it
     shutil.rmtree(transfer_only, ignore_errors=True)
-    shutil.copytree(init_run, transfer_only)
+    shutil.copytree(init_run, transfer_only, symlinks=True)
     prompt = windows[0][0][:min(32, args.seq - args.decode_new)]
 
     def decode() -> None:

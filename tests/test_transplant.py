@@ -192,6 +192,30 @@ def test_adapter_round_trip_and_export(tmp_path):
         assert torch.equal(merged(ids()).logits, model(ids()).logits)
 
 
+def test_a_copy_with_its_links_resolved_saves_again(tmp_path):
+    """``shutil.copytree`` (like zip or some sync tools) turns the adapter's links into plain files and
+    a plain ``.adapter`` directory; saving into such a copy replaces its pair, back in the link layout,
+    and leaves the original alone."""
+    import shutil
+
+    from wavedensity.transplant.adapter import read_adapter
+
+    model = tiny_transplant("gpt2")
+    save_adapter(model, tmp_path / "run", step=1)
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    copy = tmp_path / "copy"
+    assert (copy / ".adapter").is_dir() and not (copy / ".adapter").is_symlink()
+    with torch.no_grad():
+        for param in trainable_parameters(model).values():
+            param.add_(1.0)
+    save_adapter(model, copy, step=2)
+    assert read_adapter(copy)[0]["step"] == 2 and read_adapter(tmp_path / "run")[0]["step"] == 1
+    saved = load_file(copy / "adapter.safetensors")
+    assert all(torch.equal(saved[name], param) for name, param in trainable_parameters(model).items())
+    assert (copy / ".adapter").is_symlink() and (copy / "adapter.json").is_symlink()
+    assert len(list(copy.glob(".adapter-*"))) == 1  # the new pair only: the copied one is gone
+
+
 def test_adapter_saved_before_the_input_projections_were_fused_loads(tmp_path):
     from wavedensity.layers import WaveDensityAttention, split_input_projection
 

@@ -60,6 +60,7 @@ def save_adapter(model: WDATransplantForCausalLM, directory, step: int | None = 
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    _relink_plain_pair(directory)
     tensors = {name: t.detach().contiguous().cpu() for name, t in adapter_tensors(model).items()}
     fresh = Path(tempfile.mkdtemp(prefix=PAIR_PREFIX, dir=directory))
     try:
@@ -75,17 +76,45 @@ def save_adapter(model: WDATransplantForCausalLM, directory, step: int | None = 
     except BaseException:
         shutil.rmtree(fresh, ignore_errors=True)
         raise
-    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):  # once per directory: the names point through the link
+    _names_through_link(directory)  # once per new directory
+    for stale in directory.glob(PAIR_PREFIX + "*"):  # the previous pair, and any a crash left behind
+        if stale.name != fresh.name:
+            shutil.rmtree(stale, ignore_errors=True)
+    return directory
+
+
+def _names_through_link(directory: Path) -> None:
+    """Make ``adapter.safetensors`` / ``adapter.json`` the links ``.adapter/<name>`` (each one ``os.replace``)."""
+    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
         target = directory / name
         if not (target.is_symlink() and os.readlink(target) == f"{PAIR_LINK}/{name}"):
             tmp = directory / (name + ".tmp")
             tmp.unlink(missing_ok=True)
             os.symlink(f"{PAIR_LINK}/{name}", tmp)
             os.replace(tmp, target)
-    for stale in directory.glob(PAIR_PREFIX + "*"):  # the previous pair, and any a crash left behind
-        if stale.name != fresh.name:
-            shutil.rmtree(stale, ignore_errors=True)
-    return directory
+
+
+def _relink_plain_pair(directory: Path) -> None:
+    """A directory whose pair is plain files (a run copied with its links resolved: ``shutil.copytree``,
+    ``zip``, some sync tools; ``.adapter`` then a plain directory, which no link can replace): copy the
+    current pair into a pair directory, point ``.adapter`` at it and the names through it, so every
+    step leaves the same pair readable before the new one is written. The old files go with the stale pairs."""
+    link = directory / PAIR_LINK
+    names = [directory / name for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG)]
+    if link.is_symlink() or not all(path.is_file() for path in names):
+        return  # the link layout already, or no complete pair to keep
+    current = Path(tempfile.mkdtemp(prefix=PAIR_PREFIX, dir=directory))
+    for path in names:
+        shutil.copy2(path, current / path.name)  # follows links: the content the name reads now
+        with open(current / path.name, "rb") as handle:
+            os.fsync(handle.fileno())
+    tmp = directory / (PAIR_LINK + ".tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(current.name, tmp)
+    if link.is_dir():  # renamed, not deleted: removed with the stale pairs once the new pair is in place
+        link.rename(Path(tempfile.mkdtemp(prefix=PAIR_PREFIX + "plain-", dir=directory)) / "pair")
+    os.replace(tmp, link)
+    _names_through_link(directory)
 
 
 class AdapterWriter:
