@@ -207,3 +207,10 @@ def test_gemma_qk_needs_the_content_paths_norms():
     model = tiny_transplant("gemma3", teacher=normed_gemma(), **{**GEMMA_EXACT, "content_qk_norm": False})
     with pytest.raises(TransplantError, match="content_qk_norm true"):
         init_branches_from_teacher(model, ["qk"])
+
+
+def test_qk_refuses_a_teacher_that_normalises_only_its_queries():
+    model = tiny_transplant("gemma3", teacher=normed_gemma(), **GEMMA_EXACT)
+    wrappers_of(model)[0].teacher.k_norm = None
+    with pytest.raises(TransplantError, match="normalises only its queries"):
+        init_branches_from_teacher(model, ["qk"])

@@ -131,6 +131,7 @@ def test_init_from_gpt2_splits_the_fused_projection():
 @pytest.mark.parametrize("family,parts,branch,message", [
     ("gemma3", ["qk"], {"content_rank": 12}, "head_dim"),  # 2 heads of 16 in a width of 24
     ("gemma3", ["qk"], {"content_rank": 16}, "q_norm"),
+    ("llama", ["qk"], {"content_rank": 6, "content_qk_norm": True, "content_rope_theta": 10000.0}, "unset content_qk_norm"),
     ("qwen2", ["qk"], {"content_rank": 6}, "biases"),
     ("gpt2", ["qk"], {"content_rank": 6}, "biases"),
     ("llama", ["qk"], {}, "content_rank = the teacher's head_dim 6, got 2"),

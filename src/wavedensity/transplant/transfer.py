@@ -192,9 +192,15 @@ def _init_content(mixer, proj, teacher, where, heads, kv_heads, head_dim, rope_t
                               f"{head_dim}, got {mixer.content_rank}")
     norms = [getattr(teacher, name, None) for name in ("q_norm", "k_norm")]
     content = mixer.content
-    if any(norm is not None for norm in norms) and (content is None or content.q_norm_weight is None):
+    if (norms[0] is None) != (norms[1] is None):
+        raise TransplantError(f"{where}: the teacher normalises only its {'queries' if norms[1] is None else 'keys'} "
+                              "per head; the content path's q/k norms come as a pair, so 'qk' cannot be copied")
+    if norms[0] is not None and (content is None or content.q_norm_weight is None):
         raise TransplantError(f"{where}: the teacher normalises its queries/keys per head (q_norm / k_norm): set "
                               "wda_options content_qk_norm true so the content path can hold them and 'qk' be copied")
+    if norms[0] is None and content is not None and content.q_norm_weight is not None:
+        raise TransplantError(f"{where}: the branch normalises its queries/keys (content_qk_norm) and the teacher "
+                              "does not, so copied projections would not score as the teacher's: unset content_qk_norm")
     (q, qb), (k, kb) = proj["q"], proj["k"]
     if qb is not None or kb is not None:
         raise TransplantError(f"{where}: the teacher's query/key projections have biases, which the content "
