@@ -18,6 +18,14 @@ EXACT = dict(branch_output="mixer", content_rank=6, content_mix=1.0, content_fea
              content_rope_theta=THETA)
 
 
+def assert_branches_are_the_teachers_attention(model, ids, rtol, atol):
+    """Every wrapped layer's branch, on that layer's captured attention input, gives the teacher's output."""
+    for wrapper in wrappers_of(model):
+        x, teacher_out = capture_attention(model, ids)[wrapper.layer]
+        with torch.no_grad():
+            torch.testing.assert_close(wrapper.branch(x, None), teacher_out, rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize("s", [1, 2, 63, 64, 257])
 def test_rotary_embedding_matches_reference_with_gradients(s):
     x = torch.randn(2, 3, s, 8, dtype=torch.float64, requires_grad=True)
@@ -44,10 +52,7 @@ def test_teacher_init_with_open_gate_and_full_window_is_the_teachers_attention(s
     model = tiny_transplant("llama", **EXACT, sliding_window=16).double()
     init_branches_from_teacher(model, ["vo", "qk", "gate"])
     ids = torch.randint(TEACHER_VOCAB, (2, s), generator=torch.Generator().manual_seed(s))
-    for wrapper in wrappers_of(model):
-        x, teacher_out = capture_attention(model, ids)[wrapper.layer]
-        with torch.no_grad():
-            torch.testing.assert_close(wrapper.branch(x, None), teacher_out, rtol=2e-6, atol=1e-12)
+    assert_branches_are_the_teachers_attention(model, ids, rtol=2e-6, atol=1e-12)
 
 
 def test_a_shorter_window_departs_from_the_teacher_only_after_the_window():
@@ -143,10 +148,8 @@ def test_vo_from_narrower_teacher_heads_is_still_the_teachers_attention():
                             sliding_window=16).double()
     init_branches_from_teacher(model, ["vo", "qk", "gate"])
     ids = torch.randint(TEACHER_VOCAB, (2, 9), generator=torch.Generator().manual_seed(0))
-    for wrapper in wrappers_of(model):
-        x, teacher_out = capture_attention(model, ids)[wrapper.layer]
-        with torch.no_grad():  # atol: the SVD's float64 rounding on outputs of size ~0.1
-            torch.testing.assert_close(wrapper.branch(x, None), teacher_out, rtol=2e-6, atol=1e-10)
+    # atol: the SVD's float64 rounding on outputs of size ~0.1
+    assert_branches_are_the_teachers_attention(model, ids, rtol=2e-6, atol=1e-10)
 
 
 def test_vo_from_wider_teacher_heads_is_the_best_rank_head_dim_map():
@@ -197,10 +200,7 @@ def test_teacher_init_copies_gemmas_qk_norms_rope_bases_and_scale(s):
     assert thetas == [10000.0, 1000000.0]
     init_branches_from_teacher(model, ["vo", "qk", "gate"])
     ids = torch.randint(TEACHER_VOCAB, (2, s), generator=torch.Generator().manual_seed(s))
-    for wrapper in wrappers_of(model):
-        x, teacher_out = capture_attention(model, ids)[wrapper.layer]
-        with torch.no_grad():
-            torch.testing.assert_close(wrapper.branch(x, None), teacher_out, rtol=1e-5, atol=1e-7)
+    assert_branches_are_the_teachers_attention(model, ids, rtol=1e-5, atol=1e-7)
 
 
 def test_gemma_qk_needs_the_content_paths_norms():
