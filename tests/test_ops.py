@@ -205,6 +205,28 @@ def test_wave_masks_match_the_formula():
         assert abs(masks[h, m, d].item() - float(want)) < 1e-9
 
 
+
+@pytest.mark.parametrize("use_sin", [True, False])
+def test_wave_masks_recompute_their_waves_in_backward_with_the_same_gradients(use_sin):
+    """The ``[H, M, W, N]`` angles and waves are recomputed in backward, not saved; the gradients are
+    those of the formula composed by autograd."""
+    torch.manual_seed(1)
+    h, m, w, n = 2, 3, 5, 257
+    inputs = torch.randn(h, m, w, 2, dtype=F64), torch.rand(h, m, w, dtype=F64), torch.randn(h, m, w, dtype=F64)
+    enc = ops.relative_encoding(n, dtype=F64)[n - 1 :]
+    phi = torch.sin if use_sin else ops.triangle_wave
+
+    def formula(freqs, amps, phases):
+        angle = 2 * math.pi * (freqs[..., None, 0] * enc[:, 0] + freqs[..., None, 1] * enc[:, 1]) + phases[..., None]
+        return (amps[..., None] * phi(angle)).sum(-2)
+
+    fast = lambda freqs, amps, phases: ops.wave_masks(freqs, amps, phases, enc, use_sin)  # noqa: E731
+    assert_same(grads(fast, *inputs), grads(formula, *inputs))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        fast(*(x.requires_grad_(True) for x in inputs))
+    assert saved and all(shape.numel() < h * m * w * n for shape in saved)
+
 def test_gate_topk_is_straight_through_and_release_passes_no_gradient():
     logits = torch.randn(3, 6, dtype=F64, requires_grad=True)
     soft = torch.softmax(logits / 0.7, dim=-1)

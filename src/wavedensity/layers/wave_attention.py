@@ -384,7 +384,10 @@ class WaveDensityAttention(nn.Module):
 
         # views of one matmul: values, modulators, then (prefix / pooled) the routing MLPs' inputs
         v, q_mod, k_mod, *routing_in = self.in_proj(x).split(self.split_sizes, dim=-1)
-        v = v.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, S, Dh]
+        # a head-major copy of the values, not a view: autograd keeps v for the gates' products and the
+        # content path's chunks, and a view would keep the whole projection (2.3x v's size under prefix
+        # routing) alive until backward; head-major, the content path's chunks are views of it
+        v = v.view(b, s, self.num_heads, self.head_dim).transpose(1, 2).contiguous()  # [B, H, S, Dh]
         q_gate = torch.sigmoid(q_mod).transpose(1, 2).unsqueeze(-1)  # [B, H, S, 1]
         if waves:
             k_gate = torch.sigmoid(k_mod).transpose(1, 2).unsqueeze(-1)

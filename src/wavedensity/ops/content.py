@@ -81,7 +81,9 @@ def linear_attention_terms(
     size = min(chunk, seq)
     count = -(-seq // size)
     # [..., count, size, *]; zero-padded keys and values add nothing, padded rows are dropped at the end
-    qc, kc, vc = (F.pad(x, (0, 0, 0, count * size - seq)).unflatten(-2, (count, size)) for x in (q, k, v))
+    # (no padding, no copy: autograd then keeps the caller's v rather than a second copy of it)
+    pad = count * size - seq
+    qc, kc, vc = ((F.pad(x, (0, 0, 0, pad)) if pad else x).unflatten(-2, (count, size)) for x in (q, k, v))
     chunk_kv, chunk_k_sum = kc.transpose(-1, -2) @ vc, kc.sum(-2)  # [..., count, F, Dh], [..., count, F]
     kv_total, k_sum_total = torch.cumsum(chunk_kv, dim=-3), torch.cumsum(chunk_k_sum, dim=-2)
     kv_before = kv0.unsqueeze(-3) + F.pad(kv_total[..., :-1, :, :], (0, 0, 0, 0, 1, 0))

@@ -7,6 +7,7 @@ Shapes: a head owns ``M`` masks of ``W`` waves each; masks are evaluated at caus
 import math
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -46,7 +47,17 @@ def wave_masks(
     encoding: torch.Tensor,  # [N, 2] encoding of the distances to evaluate
     use_sin: bool,
 ) -> torch.Tensor:
-    """``M_m(d) = sum_j a[m,j] * phi(2 pi (f[m,j] . enc(d)) + th[m,j])``, all heads and masks at once: ``[H, M, N]``."""
+    """``M_m(d) = sum_j a[m,j] * phi(2 pi (f[m,j] . enc(d)) + th[m,j])``, all heads and masks at once: ``[H, M, N]``.
+
+    Under autograd the angles and waves ``[H, M, W, N]`` (W times the masks' size, twice) are recomputed
+    in backward instead of saved: at 16k distances they were 64 MiB of a width-768 layer's activations.
+    """
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (freqs, amps, phases, encoding)):
+        return checkpoint(_wave_masks, freqs, amps, phases, encoding, use_sin, use_reentrant=False)
+    return _wave_masks(freqs, amps, phases, encoding, use_sin)
+
+
+def _wave_masks(freqs, amps, phases, encoding, use_sin: bool) -> torch.Tensor:
     angle = 2 * math.pi * torch.einsum("hmwc,nc->hmwn", freqs, encoding) + phases[..., None]
     wave = torch.sin(angle) if use_sin else triangle_wave(angle)
     return torch.einsum("hmw,hmwn->hmn", amps, wave)
