@@ -57,6 +57,7 @@ the default steps takes hours; and 2,000 steps are not enough there: softmax at 
 import argparse
 import datetime
 import itertools
+import math
 import platform
 import sys
 import time
@@ -281,8 +282,7 @@ def run_one(mode: str, width: int, seq_len: int, pairs: int, init: str, args, lr
     config = model_config(mode, width, seq_len, init, args)
     model = PreNormTransformer(config) if mode == "prenorm-softmax" else WDAForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
-    warmup = warmup_steps(args)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, args))
     train_data = torch.Generator().manual_seed(args.seed)
     test_inputs, test_labels = batch_of(args, args.test_size, seq_len, pairs,
                                         torch.Generator().manual_seed(10_000 + args.seed))
@@ -336,6 +336,17 @@ def warmup_steps(args) -> int:
     return max(1, min(args.warmup, args.steps // 5))
 
 
+def lr_factor(step: int, args) -> float:
+    """The learning rate's multiplier at ``step``: a linear warm-up, then constant or (``--schedule cosine``)
+    a cosine decay to 0 at ``--steps``."""
+    warmup = warmup_steps(args)
+    if step < warmup:
+        return (step + 1) / warmup
+    if args.schedule == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, args.steps - warmup)))
+
+
 def header(argv) -> str:
     now = datetime.datetime.now(datetime.timezone.utc)
     return (f"`python -m bench.mqar {' '.join(argv)}` — {now:%Y-%m-%d %H:%M} UTC, "
@@ -373,6 +384,8 @@ def main(argv=None) -> int:
     parser.add_argument("--stop-at", type=float, default=0.0, metavar="ACC",
                         help="stop a run early once its test accuracy at a --log-every check reaches ACC")
     parser.add_argument("--warmup", type=int, default=40, help="linear warm-up steps (at most steps / 5)")
+    parser.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                        help="after the warm-up: constant, or a cosine decay to 0 at --steps")
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--init", type=lambda text: text.split(","), default=None, metavar="INIT,INIT",
                         help="WDAConfig.init of every model, one or both of release (PyTorch's defaults; default for "
@@ -456,7 +469,7 @@ def main(argv=None) -> int:
           f"{args.heads} heads, {'tied' if args.tie else 'untied'} embeddings; up to {args.steps} steps x batch {args.batch}"
           f"{f' (stopping at test accuracy {args.stop_at:g})' if args.stop_at else ''}, "
           f"AdamW at the best of lr {', '.join(f'{lr:g}' for lr in args.lrs)} "
-          f"(warm-up {warmup_steps(args)} steps, weight decay {args.weight_decay:g}, clip 1), "
+          f"(warm-up {warmup_steps(args)} steps, then {args.schedule}, weight decay {args.weight_decay:g}, clip 1), "
           f"seed {args.seed}. Accuracy over the queries of {args.test_size} held-out sequences; first-query accuracy "
           "over each key's first query (answer only in the pairs). "
           f"prefix-content: content_mix {args.content_mix:g}, learned, rank {args.content_rank}; prefix and static: "

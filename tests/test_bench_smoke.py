@@ -41,6 +41,20 @@ def test_mqar_smoke(one_thread):
     assert "Total wall time" in text
 
 
+
+def test_mqar_schedules_warm_up_then_hold_or_decay_to_zero():
+    from types import SimpleNamespace
+
+    from bench.mqar import lr_factor
+
+    args = SimpleNamespace(warmup=10, steps=110, schedule="cosine")
+    factors = [lr_factor(step, args) for step in range(args.steps)]
+    assert factors[0] == 0.1 and factors[9] == 1.0 and factors[10] == 1.0
+    assert abs(factors[60] - 0.5) < 1e-12 and 0 < factors[-1] < 1e-3
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    args.schedule = "constant"
+    assert [lr_factor(step, args) for step in (9, 10, 109)] == [1.0, 1.0, 1.0]
+
 @pytest.mark.parametrize("seq_len, pairs, queries", [(64, 4, None), (64, 4, 4), (32, 2, 5), (40, 10, None)])
 def test_mqar_data_is_well_formed(seq_len, pairs, queries):
     from bench.mqar import FILLER, KEYS, VALUES, first_queries, make_batch
