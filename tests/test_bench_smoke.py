@@ -41,7 +41,6 @@ def test_mqar_smoke(one_thread):
     assert "Total wall time" in text
 
 
-
 def test_mqar_schedules_warm_up_then_hold_or_decay_to_zero():
     from types import SimpleNamespace
 

@@ -283,7 +283,6 @@ def test_the_layer_stands_alone_initialised():
     assert torch.isfinite(layer(x)).all()
 
 
-
 @pytest.mark.parametrize("options", [dict(routing="prefix"), dict(routing="static"),
                                      dict(routing="prefix", kernel_mix="density")])
 def test_the_layer_saves_no_view_of_its_input_projection_for_backward(options):

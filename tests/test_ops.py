@@ -205,11 +205,11 @@ def test_wave_masks_match_the_formula():
         assert abs(masks[h, m, d].item() - float(want)) < 1e-9
 
 
-
 @pytest.mark.parametrize("use_sin", [True, False])
-def test_wave_masks_recompute_their_waves_in_backward_with_the_same_gradients(use_sin):
-    """The ``[H, M, W, N]`` angles and waves are recomputed in backward, not saved; the gradients are
-    those of the formula composed by autograd."""
+def test_wave_masks_recompute_their_waves_in_backward_with_the_same_gradients(use_sin, monkeypatch):
+    """From the size threshold on (lowered here) the ``[H, M, W, N]`` angles and waves are recomputed in
+    backward, not saved; the gradients are those of the formula composed by autograd."""
+    monkeypatch.setattr(ops.waves, "WAVE_RECOMPUTE_MIN_ELEMENTS", 1000)
     torch.manual_seed(1)
     h, m, w, n = 2, 3, 5, 257
     inputs = torch.randn(h, m, w, 2, dtype=F64), torch.rand(h, m, w, dtype=F64), torch.randn(h, m, w, dtype=F64)
@@ -226,6 +226,22 @@ def test_wave_masks_recompute_their_waves_in_backward_with_the_same_gradients(us
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
         fast(*(x.requires_grad_(True) for x in inputs))
     assert saved and all(shape.numel() < h * m * w * n for shape in saved)
+    monkeypatch.setattr(ops.waves, "WAVE_RECOMPUTE_MIN_ELEMENTS", h * m * w * n + 1)  # below it: saved
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        fast(*inputs)
+    assert any(shape.numel() == h * m * w * n for shape in saved)
+
+
+def test_linear_attention_chunks_are_views_when_no_padding_is_needed():
+    """At a multiple of the chunk length autograd keeps the caller's values, not a padded copy."""
+    q, k = (ops.feature_map(torch.randn(1, 2, 128, 4, requires_grad=True)) for _ in range(2))
+    v = torch.randn(1, 2, 128, 8, requires_grad=True)
+    owners = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: owners.append(t.untyped_storage().data_ptr()) or t,
+                                                  lambda t: t):
+        ops.causal_linear_attention(q, k, v, chunk=64)
+    assert v.untyped_storage().data_ptr() in owners, "the chunked values should be views of v"
 
 def test_gate_topk_is_straight_through_and_release_passes_no_gradient():
     logits = torch.randn(3, 6, dtype=F64, requires_grad=True)

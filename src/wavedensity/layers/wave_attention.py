@@ -386,7 +386,8 @@ class WaveDensityAttention(nn.Module):
         v, q_mod, k_mod, *routing_in = self.in_proj(x).split(self.split_sizes, dim=-1)
         # a head-major copy of the values, not a view: autograd keeps v for the gates' products and the
         # content path's chunks, and a view would keep the whole projection (2.3x v's size under prefix
-        # routing) alive until backward; head-major, the content path's chunks are views of it
+        # routing at the 130M config) alive until backward; head-major, the content path's batched
+        # products read it without a copy, so the tensor they save is v itself
         v = v.view(b, s, self.num_heads, self.head_dim).transpose(1, 2).contiguous()  # [B, H, S, Dh]
         q_gate = torch.sigmoid(q_mod).transpose(1, 2).unsqueeze(-1)  # [B, H, S, 1]
         if waves:

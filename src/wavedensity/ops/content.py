@@ -81,7 +81,7 @@ def linear_attention_terms(
     size = min(chunk, seq)
     count = -(-seq // size)
     # [..., count, size, *]; zero-padded keys and values add nothing, padded rows are dropped at the end
-    # (no padding, no copy: autograd then keeps the caller's v rather than a second copy of it)
+    # (no padding, no copy: in float32 autograd then keeps the caller's v rather than a second copy of it)
     pad = count * size - seq
     qc, kc, vc = ((F.pad(x, (0, 0, 0, pad)) if pad else x).unflatten(-2, (count, size)) for x in (q, k, v))
     chunk_kv, chunk_k_sum = kc.transpose(-1, -2) @ vc, kc.sum(-2)  # [..., count, F, Dh], [..., count, F]

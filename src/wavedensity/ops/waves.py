@@ -9,6 +9,9 @@ import math
 import torch
 from torch.utils.checkpoint import checkpoint
 
+# [H, M, W, N] angles from which wave_masks recomputes its waves in backward rather than saving them
+WAVE_RECOMPUTE_MIN_ELEMENTS = 1 << 20
+
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Waves, densities and Toeplitz products run in at least float32 (bf16/fp16 lose the phase)."""
@@ -49,11 +52,15 @@ def wave_masks(
 ) -> torch.Tensor:
     """``M_m(d) = sum_j a[m,j] * phi(2 pi (f[m,j] . enc(d)) + th[m,j])``, all heads and masks at once: ``[H, M, N]``.
 
-    Under autograd the angles and waves ``[H, M, W, N]`` (W times the masks' size, twice) are recomputed
-    in backward instead of saved: at 16k distances they were 64 MiB of a width-768 layer's activations.
+    Under autograd, from ``WAVE_RECOMPUTE_MIN_ELEMENTS`` angles on, the angles and waves ``[H, M, W, N]``
+    (W times the masks' size, at least twice) are recomputed in backward instead of saved: at 16k distances
+    they were 64 MiB of a width-768 layer's activations. Below it (1 MiB at the 130M config's 256
+    distances) saving them is cheaper than the checkpoint's bookkeeping.
     """
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (freqs, amps, phases, encoding)):
-        return checkpoint(_wave_masks, freqs, amps, phases, encoding, use_sin, use_reentrant=False)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (freqs, amps, phases, encoding))
+    if needs_grad and freqs.shape[:3].numel() * encoding.shape[0] >= WAVE_RECOMPUTE_MIN_ELEMENTS:
+        return checkpoint(_wave_masks, freqs, amps, phases, encoding, use_sin, use_reentrant=False,
+                          preserve_rng_state=False)  # the waves draw no random numbers
     return _wave_masks(freqs, amps, phases, encoding, use_sin)
 
 
