@@ -54,6 +54,7 @@ def test_mqar_schedules_warm_up_then_hold_or_decay_to_zero():
     args.schedule = "constant"
     assert [lr_factor(step, args) for step in (9, 10, 109)] == [1.0, 1.0, 1.0]
 
+
 @pytest.mark.parametrize("seq_len, pairs, queries", [(64, 4, None), (64, 4, 4), (32, 2, 5), (40, 10, None)])
 def test_mqar_data_is_well_formed(seq_len, pairs, queries):
     from bench.mqar import FILLER, KEYS, VALUES, first_queries, make_batch

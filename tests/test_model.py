@@ -287,7 +287,7 @@ def test_the_layer_stands_alone_initialised():
                                      dict(routing="prefix", kernel_mix="density")])
 def test_the_layer_saves_no_view_of_its_input_projection_for_backward(options):
     """Autograd keeps copies of the values, not views of the fused projection: a view would keep the
-    whole ``[B, S, in_proj]`` output (2.3x the values under prefix routing) until backward."""
+    whole ``[B, S, in_proj]`` output (2.3x the values under prefix routing at the 130M config) until backward."""
     layer = wavedensity.WaveDensityAttention(tiny_config(**options))
     x = torch.randn(2, 9, 24, requires_grad=True)
     projection_bytes = 2 * 9 * layer.in_proj.out_features * 4
@@ -297,6 +297,7 @@ def test_the_layer_saves_no_view_of_its_input_projection_for_backward(options):
     assert saved and projection_bytes not in saved
     out.sum().backward()
     assert all(p.grad is not None for p in layer.parameters() if p.requires_grad)
+
 
 def test_fft_and_dense_paths_agree_in_float32_including_early_rows():
     """S = 256: the FFT rows after the exact head carry only float32 round-off."""

@@ -243,6 +243,7 @@ def test_linear_attention_chunks_are_views_when_no_padding_is_needed():
         ops.causal_linear_attention(q, k, v, chunk=64)
     assert v.untyped_storage().data_ptr() in owners, "the chunked values should be views of v"
 
+
 def test_gate_topk_is_straight_through_and_release_passes_no_gradient():
     logits = torch.randn(3, 6, dtype=F64, requires_grad=True)
     soft = torch.softmax(logits / 0.7, dim=-1)
