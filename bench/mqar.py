@@ -336,14 +336,23 @@ def warmup_steps(args) -> int:
     return max(1, min(args.warmup, args.steps // 5))
 
 
+def schedule_name(args) -> str:
+    return f"wsd, decaying over the last {args.decay_fraction:g}" if args.schedule == "wsd" else args.schedule
+
+
 def lr_factor(step: int, args) -> float:
-    """The learning rate's multiplier at ``step``: a linear warm-up, then constant or (``--schedule cosine``)
-    a cosine decay to 0 at ``--steps``."""
+    """The learning rate's multiplier at ``step``: a linear warm-up, then constant, a cosine decay to 0 at
+    ``--steps`` (``--schedule cosine``), or constant until the last ``--decay-fraction`` of the steps and
+    a linear decay to 0 over them (``--schedule wsd``, warm-up/stable/decay: the rate stays high while the
+    model is still learning, which a cosine over the whole run does not)."""
     warmup = warmup_steps(args)
     if step < warmup:
         return (step + 1) / warmup
     if args.schedule == "constant":
         return 1.0
+    if args.schedule == "wsd":
+        decay = max(1, round(args.decay_fraction * args.steps))
+        return min(1.0, (args.steps - step) / decay)
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, args.steps - warmup)))
 
 
@@ -384,8 +393,11 @@ def main(argv=None) -> int:
     parser.add_argument("--stop-at", type=float, default=0.0, metavar="ACC",
                         help="stop a run early once its test accuracy at a --log-every check reaches ACC")
     parser.add_argument("--warmup", type=int, default=40, help="linear warm-up steps (at most steps / 5)")
-    parser.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
-                        help="after the warm-up: constant, or a cosine decay to 0 at --steps")
+    parser.add_argument("--schedule", choices=["constant", "cosine", "wsd"], default="constant",
+                        help="after the warm-up: constant, a cosine decay to 0 at --steps, or (wsd) constant "
+                             "and then a linear decay to 0 over the last --decay-fraction of the steps")
+    parser.add_argument("--decay-fraction", type=float, default=0.2,
+                        help="with --schedule wsd: the share of --steps over which the rate decays to 0")
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--init", type=lambda text: text.split(","), default=None, metavar="INIT,INIT",
                         help="WDAConfig.init of every model, one or both of release (PyTorch's defaults; default for "
@@ -427,6 +439,8 @@ def main(argv=None) -> int:
         args.steps, args.batch, args.test_size, args.lrs, args.vocab = 3, 4, 8, args.lrs[:1], 64
     if set(args.init) - set(INIT_SCHEMES):
         parser.error(f"unknown --init {sorted(set(args.init) - set(INIT_SCHEMES))}; choose from {', '.join(INIT_SCHEMES)}")
+    if not 0 < args.decay_fraction <= 1:
+        parser.error(f"--decay-fraction must be in (0, 1], got {args.decay_fraction:g}")
     unknown = sorted(set(args.modes) - set(ALL_MODES))
     if unknown:
         parser.error(f"unknown modes {unknown}; choose from {', '.join(ALL_MODES)}")
@@ -469,7 +483,7 @@ def main(argv=None) -> int:
           f"{args.heads} heads, {'tied' if args.tie else 'untied'} embeddings; up to {args.steps} steps x batch {args.batch}"
           f"{f' (stopping at test accuracy {args.stop_at:g})' if args.stop_at else ''}, "
           f"AdamW at the best of lr {', '.join(f'{lr:g}' for lr in args.lrs)} "
-          f"(warm-up {warmup_steps(args)} steps, then {args.schedule}, weight decay {args.weight_decay:g}, clip 1), "
+          f"(warm-up {warmup_steps(args)} steps, then {schedule_name(args)}, weight decay {args.weight_decay:g}, clip 1), "
           f"seed {args.seed}. Accuracy over the queries of {args.test_size} held-out sequences; first-query accuracy "
           "over each key's first query (answer only in the pairs). "
           f"prefix-content: content_mix {args.content_mix:g}, learned, rank {args.content_rank}; prefix and static: "

@@ -41,7 +41,7 @@ def test_mqar_smoke(one_thread):
     assert "Total wall time" in text
 
 
-def test_mqar_schedules_warm_up_then_hold_or_decay_to_zero():
+def test_mqar_schedules_warm_up_then_hold_or_decay_toward_zero():
     from types import SimpleNamespace
 
     from bench.mqar import lr_factor
@@ -53,6 +53,11 @@ def test_mqar_schedules_warm_up_then_hold_or_decay_to_zero():
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
     args.schedule = "constant"
     assert [lr_factor(step, args) for step in (9, 10, 109)] == [1.0, 1.0, 1.0]
+    args.schedule, args.decay_fraction = "wsd", 0.2
+    factors = [lr_factor(step, args) for step in range(args.steps)]
+    assert factors[0] == 0.1 and factors[10:88] == [1.0] * 78
+    assert factors[88] == 1.0 and abs(factors[99] - 0.5) < 1e-12 and abs(factors[-1] - 1 / 22) < 1e-12
+    assert all(a > b for a, b in zip(factors[88:], factors[89:]))
 
 
 @pytest.mark.parametrize("seq_len, pairs, queries", [(64, 4, None), (64, 4, 4), (32, 2, 5), (40, 10, None)])
