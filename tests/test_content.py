@@ -279,3 +279,15 @@ def test_routing_health_of_a_hybrid_reads_only_its_wda_layers():
     model = option_model("hybrid")
     health = routing_health(model, torch.randint(0, 37, (2, 16)))
     assert health and all(torch.isfinite(torch.tensor(float(v))) for v in health.values())
+
+
+@pytest.mark.parametrize("name", ["window", "hybrid-window", "hybrid", "window-sinks"])
+def test_the_cache_after_a_prefill_holds_no_view_of_a_larger_tensor(name):
+    """A slice of a prefill's keys (the last ``w``), of its convolution inputs or of a fused projection
+    would keep the whole prefill's tensor alive in the cache; append's buffers are their own storage."""
+    model = option_model(name)
+    with torch.no_grad():
+        cache = model(torch.randint(0, 37, (2, 40)), use_cache=True).cache
+    for layer in cache.layers:
+        for key, t in layer.tensors.items():
+            assert t.untyped_storage().nbytes() <= t.numel() * t.element_size(), key  # (less: an expanded flag)

@@ -18,6 +18,10 @@ import torch
 from transformers.cache_utils import Cache
 
 
+def _owns_its_storage(t: torch.Tensor) -> bool:
+    return t.untyped_storage().nbytes() <= t.numel() * t.element_size()
+
+
 class WDALayerState:
     """One layer's decoding state: named batch-first tensors, tensors that do not depend on the batch
     (``constants``: the rendered wave masks, and for one-token steps the masks and window laid out by
@@ -41,7 +45,11 @@ class WDALayerState:
         return self.tensors.get(name)
 
     def set(self, **tensors: torch.Tensor) -> None:
-        self.tensors.update(tensors)
+        """Store ``tensors``, each in storage of its own size: a layer often hands over a slice (the last
+        ``w`` keys of a prefill, a convolution's last inputs) or a view of a larger projection, and keeping
+        the view would keep that whole tensor alive for as long as the cache lives."""
+        self.tensors.update({name: t if _owns_its_storage(t) else t.clone(memory_format=torch.contiguous_format)
+                             for name, t in tensors.items()})
 
     def append(self, name: str, new: torch.Tensor, capacity: int) -> torch.Tensor:
         """Write ``new [B, ..., T, C]`` at positions ``length .. length+T-1`` of the buffer ``name`` (room for
