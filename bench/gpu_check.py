@@ -103,8 +103,7 @@ def training(sizes: Sizes, overrides: dict, device: torch.device, compile_backen
                 train_step(model, model, optimizer, batches.get(0), config, runtime)
             flops = counter.get_total_flops()
         else:
-            for block in model.model.layers:
-                block.compile(backend=compile_backend)
+            model.compile_blocks(backend=compile_backend)
         start = time.perf_counter()
         for step in range(1, 1 + sizes.warmup):
             train_step(model, model, optimizer, batches.get(step), config, runtime)

@@ -3,7 +3,7 @@ and the softmax baseline of identical dimensions.
 
 Run: python -m bench.throughput [--preset wda-130m] [--train-batch 4] [--seq 256] [--steps 3]
                                 [--decode-batches 1,8] [--new-tokens 64] [--layers N] [--vocab V]
-                                [--baseline-src DIR] [--compiled-decoding]
+                                [--baseline-src DIR] [--compiled-decoding] [--compiled-training]
 
 ``--layers`` / ``--vocab`` override the preset's depth and vocabulary (e.g. width 768 with a small
 vocabulary, so the mixers rather than the output head dominate a training step).
@@ -22,6 +22,11 @@ excluded), and the bound is bytes of weights read per token over the median meas
 ``--compiled-decoding`` adds a copy of each model whose one-token steps run compiled
 (``WDAForCausalLM.compile_decoding()``, weights frozen in), decoding in turn with the others; its warm-up
 compiles (about a minute per batch size for the 130M preset on a CPU).
+
+``--compiled-training`` adds a copy of each model (the same initial weights) whose blocks are compiled as
+the trainer's ``compile`` setting does (``WDAForCausalLM.compile_blocks()``), as the rows
+``... (compiled blocks)``; they train in turn with the others and do not decode. Their first step, which
+compiles (about a minute per model at width 768 on a CPU), is untimed like every model's first step.
 """
 
 import argparse
@@ -78,6 +83,11 @@ def matmul_params(model) -> int:
     """Parameters that take part in a matmul per token: everything except the embedding tables."""
     embeddings = model.model.embed_tokens.weight.numel() + model.model.pos_emb.numel()
     return model.num_parameters() - embeddings
+
+
+def utilisation(model, rate: float | None, peak_gflops: float) -> float | None:
+    """Model-FLOPs utilisation of a training rate (tokens/s): 6 FLOPs per matmul parameter per token."""
+    return None if rate is None else 6 * matmul_params(model) * rate / (peak_gflops * 1e9)
 
 
 def train_rates(models, batch: int, seq: int, steps: int) -> list[float]:
@@ -165,6 +175,8 @@ def main(argv=None):
     parser.add_argument("--baseline-src", help="also measure the WDA model of the package copy under DIR/wavedensity")
     parser.add_argument("--compiled-decoding", action="store_true",
                         help="also decode with a copy of each model after compile_decoding() (rows '... compiled')")
+    parser.add_argument("--compiled-training", action="store_true",
+                        help="also train a copy of each model after compile_blocks() (rows '... (compiled blocks)')")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
@@ -183,7 +195,15 @@ def main(argv=None):
         config = baseline.preset_config(args.preset, mixer="wda", seq_len=max(args.seq, 1), **overrides)
         models.append(baseline.WDAForCausalLM(config))
         mixers = [*mixers, f"wda ({args.baseline_src})"]
-    rates = [None] * len(models) if args.no_train else train_rates(models, args.train_batch, args.seq, args.steps)
+    trained_names, trained = list(mixers), list(models)
+    if args.compiled_training:  # copies made before any training, so every row starts from the same weights
+        for mixer, model in zip(mixers, models):
+            if hasattr(model, "compile_blocks"):
+                trained_names.append(f"{mixer} (compiled blocks)")
+                trained.append(copy.deepcopy(model).compile_blocks())
+    rates = [None] * len(trained) if args.no_train else train_rates(trained, args.train_batch, args.seq, args.steps)
+    compiled_rows = list(zip(trained_names, trained, rates))[len(models):]  # trained, not decoded
+    rates = rates[:len(models)]
     batches = [] if args.no_decode else [int(x) for x in args.decode_batches.split(",")]
     if args.compiled_decoding and batches:  # copies made after training, which would change frozen weights
         pairs = [(f"{mixer} compiled", copy.deepcopy(model).compile_decoding())
@@ -198,10 +218,11 @@ def main(argv=None):
         interleaved_decode_rates(models, batches, prompt, args.new_tokens, False, args.decode_rounds)
     read = median(reads)
     for mixer, model, rate, fast, slow in zip(mixers, models, rates, cached, recomputed):
-        mfu = None if rate is None else 6 * matmul_params(model) * rate / (peak * 1e9)
         decode = {b: (fast[b], slow[b]) for b in batches}
         bound = read * 1e9 / (4 * matmul_params(model))  # float32 bytes of the weights each token reads
-        rows.append((mixer, model.num_parameters(), rate, mfu, decode, bound))
+        rows.append((mixer, model.num_parameters(), rate, utilisation(model, rate, peak), decode, bound))
+    rows += [(mixer, model.num_parameters(), rate, utilisation(model, rate, peak), {}, None)
+             for mixer, model, rate in compiled_rows]
     shape = "".join(f", {k} {v}" for k, v in (("layers", args.layers), ("vocab", args.vocab)) if v is not None)
     print(f"Preset {args.preset}{shape}; training batch {args.train_batch} x {args.seq}; decoding {args.new_tokens} new "
           f"tokens after a {max(1, args.seq - args.new_tokens)}-token prompt (greedy; the prompt's forward pass "
@@ -214,7 +235,7 @@ def main(argv=None):
         cells = " | ".join(f"{decode[b][0]:.1f} / {'-' if decode[b][1] is None else f'{decode[b][1]:.1f}'} tok/s"
                            if b in decode else "-" for b in batches)
         trained = "- | -" if rate is None else f"{rate:.0f} | {mfu:.0%}"
-        print(f"| {mixer} | {params:,} | {trained} | {cells} | {bound:.1f} tok/s |")
+        print(f"| {mixer} | {params:,} | {trained} | {cells} | {'-' if bound is None else f'{bound:.1f} tok/s'} |")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,16 @@ def test_throughput_smoke(one_thread):
     assert "| wda |" in text and "| wda compiled |" in text
 
 
+def test_throughput_trains_copies_with_compiled_blocks_beside_the_eager_models(one_thread):
+    from bench import throughput
+
+    text = printed_by(throughput.main, ["--preset", "cpu-tiny", "--seq", "16", "--train-batch", "2", "--steps", "1",
+                                        "--no-decode", "--compiled-training", "--mixers", "wda"])  # inductor: ~30 s
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"mixer", "wda", "wda (compiled blocks)"}
+    assert all(rows[name].split("|")[3].strip() != "-" for name in rows if name != "mixer")  # every copy trained
+
+
 def test_throughput_measures_a_package_copy_beside_this_one(one_thread):
     from bench import throughput
 

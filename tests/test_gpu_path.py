@@ -48,3 +48,21 @@ def test_toeplitz_path_choice_depends_on_the_device():
     assert [layer.pick_path(n, True, "cpu") for n in (256, 257)] == ["dense", "fft"]
     assert [layer.pick_path(n, True, "cuda") for n in (257, 1024, 1025)] == ["dense", "dense", "fft"]
     assert layer.pick_path(4096, False, "cuda") == "tiled"  # per-position kernels tile by memory on every device
+
+
+def test_compiled_blocks_train_like_the_eager_model():
+    eager = tiny_model().train()
+    compiled = tiny_model().train()
+    compiled.load_state_dict(eager.state_dict())
+    assert compiled.compile_blocks(backend="eager") is compiled
+    ids = torch.randint(0, eager.config.vocab_size, (2, 24))
+    try:
+        losses = [model(ids, shift_labels=ids, use_cache=False).loss for model in (eager, compiled)]
+        for loss in losses:
+            loss.backward()
+    finally:
+        torch._dynamo.reset()
+    assert all(block._compiled_call_impl is not None for block in compiled.model.layers)
+    torch.testing.assert_close(losses[1], losses[0])
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, msg=name)

@@ -318,9 +318,7 @@ def _train(config: TrainConfig, run_dir: Path, runtime, *, resume: bool, progres
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
     if config.compile:
-        for block in model.model.layers:  # the hot path; the model's input checks stay eager
-            block.compile()
-    # the released gate passes no gradient to its MLPs, which DDP must be told
+        model.compile_blocks()
     # the released gate passes no gradient to its MLPs, and learned content projections idle at content_mix 0
     # (and the wave path idles at content_mix 1)
     wda = "wda" in model.config.layer_mixers()
