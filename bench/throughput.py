@@ -3,7 +3,8 @@ and the softmax baseline of identical dimensions.
 
 Run: python -m bench.throughput [--preset wda-130m] [--train-batch 4] [--seq 256] [--steps 3]
                                 [--decode-batches 1,8] [--new-tokens 64] [--layers N] [--vocab V]
-                                [--baseline-src DIR] [--compiled-decoding] [--compiled-training]
+                                [--baseline-src DIR] [--decoding-layout] [--compiled-decoding]
+                                [--compiled-training]
 
 ``--layers`` / ``--vocab`` override the preset's depth and vocabulary (e.g. width 768 with a small
 vocabulary, so the mixers rather than the output head dominate a training step).
@@ -22,6 +23,9 @@ excluded), and the bound is bytes of weights read per token over the median meas
 ``--compiled-decoding`` adds a copy of each model whose one-token steps run compiled
 (``WDAForCausalLM.compile_decoding()``, weights frozen in), decoding in turn with the others; its warm-up
 compiles (about a minute per batch size for the 130M preset on a CPU).
+
+``--decoding-layout`` likewise adds a copy of each model whose linear weights are stored column-major
+(``WDAForCausalLM.use_decoding_layout()``, what ``wda generate`` and ``wda chat`` decode with).
 
 ``--compiled-training`` adds a copy of each model (the same initial weights) whose blocks are compiled as
 the trainer's ``compile`` setting does (``WDAForCausalLM.compile_blocks()``), as the rows
@@ -175,6 +179,8 @@ def main(argv=None):
     parser.add_argument("--baseline-src", help="also measure the WDA model of the package copy under DIR/wavedensity")
     parser.add_argument("--compiled-decoding", action="store_true",
                         help="also decode with a copy of each model after compile_decoding() (rows '... compiled')")
+    parser.add_argument("--decoding-layout", action="store_true",
+                        help="also decode with a copy of each model after use_decoding_layout() (rows '... decoding layout')")
     parser.add_argument("--compiled-training", action="store_true",
                         help="also train a copy of each model after compile_blocks() (rows '... (compiled blocks)')")
     args = parser.parse_args(argv)
@@ -205,9 +211,12 @@ def main(argv=None):
     compiled_rows = list(zip(trained_names, trained, rates))[len(models):]  # trained, not decoded
     rates = rates[:len(models)]
     batches = [] if args.no_decode else [int(x) for x in args.decode_batches.split(",")]
-    if args.compiled_decoding and batches:  # copies made after training, which would change frozen weights
-        pairs = [(f"{mixer} compiled", copy.deepcopy(model).compile_decoding())
-                 for mixer, model in zip(mixers, models) if hasattr(model, "compile_decoding")]
+    variants = [(name, method) for name, method, wanted in [
+        ("decoding layout", "use_decoding_layout", args.decoding_layout),
+        ("compiled", "compile_decoding", args.compiled_decoding)] if wanted]
+    if variants and batches:  # copies made after training, which would change frozen weights
+        pairs = [(f"{mixer} {name}", getattr(copy.deepcopy(model), method)())
+                 for name, method in variants for mixer, model in zip(mixers, models) if hasattr(model, method)]
         mixers, models, rates = mixers + [p[0] for p in pairs], models + [p[1] for p in pairs], rates + [None] * len(pairs)
     prompt = max(1, args.seq - args.new_tokens)
     # the bound from the median of read rates measured between the models' decoding runs

@@ -139,8 +139,8 @@ def test_throughput_smoke(one_thread):
 
     text = printed_by(throughput.main, ["--preset", "cpu-tiny", "--seq", "16", "--train-batch", "2", "--steps", "1",
                                         "--decode-batches", "1", "--new-tokens", "2", "--compiled-decoding",
-                                        "--mixers", "wda"])
-    assert "| wda |" in text and "| wda compiled |" in text
+                                        "--decoding-layout", "--mixers", "wda"])
+    assert "| wda |" in text and "| wda compiled |" in text and "| wda decoding layout |" in text
 
 
 def test_throughput_trains_copies_with_compiled_blocks_beside_the_eager_models(one_thread):

@@ -228,6 +228,24 @@ class WDAForCausalLM(WDAPreTrainedModel, GenerationMixin):
             block.compile(**compile_kwargs)
         return self
 
+    def use_decoding_layout(self, enabled: bool = True) -> "WDAForCausalLM":
+        """Store every linear layer's weight transposed in memory (column-major), or with ``enabled=False``
+        row-major again; returns the model. Values, shapes, names and the state dict stay the same.
+
+        A one-token decoding step multiplies each weight by one row per sequence. On CPUs the BLAS reads a
+        row-major ``(out, in)`` weight for ``x @ W.T`` well below the memory's rate and a column-major one
+        close to it (docs/benchmarks.md: batch-1 decoding of the 130M preset ~1.3x faster). ``save_pretrained``
+        writes contiguous copies; restore the row-major layout before training whose checkpoints write
+        optimizer state with safetensors (which refuses non-contiguous tensors). Weights are relaid in
+        place, so apply it before ``compile_decoding()``, whose frozen weights it would otherwise outdate.
+        """
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, nn.Linear):  # a tied head and embedding share one parameter: relaid once
+                    weight = module.weight.data
+                    module.weight.data = weight.t().contiguous().t() if enabled else weight.contiguous()
+        return self
+
     def compile_decoding(self, freeze_weights: bool = True) -> "WDAForCausalLM":
         """Run every one-token cached step (each token ``generate`` adds after the prompt) through
         ``torch.compile``; returns the model.
