@@ -21,8 +21,8 @@ times per batch size), each rate is the batch over the median time between conse
 excluded), and the bound is bytes of weights read per token over the median measured matrix-vector read rate.
 
 ``--compiled-decoding`` adds a copy of each model whose one-token steps run compiled
-(``WDAForCausalLM.compile_decoding()``, weights frozen in), decoding in turn with the others; its warm-up
-compiles (about a minute per batch size for the 130M preset on a CPU).
+(``WDAForCausalLM.compile_decoding()``, weights frozen in, row-major as trained), decoding in turn with the
+others; its warm-up compiles (about a minute per batch size for the 130M preset on a CPU).
 
 ``--decoding-layout`` likewise adds a copy of each model whose linear weights are stored column-major
 (``WDAForCausalLM.use_decoding_layout()``, what ``wda generate`` and ``wda chat`` decode with).
@@ -201,15 +201,17 @@ def main(argv=None):
         config = baseline.preset_config(args.preset, mixer="wda", seq_len=max(args.seq, 1), **overrides)
         models.append(baseline.WDAForCausalLM(config))
         mixers = [*mixers, f"wda ({args.baseline_src})"]
-    trained_names, trained = list(mixers), list(models)
-    if args.compiled_training:  # copies made before any training, so every row starts from the same weights
+    compiled_names, compiled_models = [], []
+    if args.compiled_training and not args.no_train:  # copies made before any training: the same initial weights
         for mixer, model in zip(mixers, models):
             if hasattr(model, "compile_blocks"):
-                trained_names.append(f"{mixer} (compiled blocks)")
-                trained.append(copy.deepcopy(model).compile_blocks())
+                compiled_names.append(f"{mixer} (compiled blocks)")
+                compiled_models.append(copy.deepcopy(model).compile_blocks())
+    trained = models + compiled_models
     rates = [None] * len(trained) if args.no_train else train_rates(trained, args.train_batch, args.seq, args.steps)
-    compiled_rows = list(zip(trained_names, trained, rates))[len(models):]  # trained, not decoded
-    rates = rates[:len(models)]
+    rates, compiled_rates = rates[:len(models)], rates[len(models):]
+    compiled_training_rows = [(mixer, model.num_parameters(), rate, utilisation(model, rate, peak), {}, None)
+                              for mixer, model, rate in zip(compiled_names, compiled_models, compiled_rates)]
     batches = [] if args.no_decode else [int(x) for x in args.decode_batches.split(",")]
     variants = [(name, method) for name, method, wanted in [
         ("decoding layout", "use_decoding_layout", args.decoding_layout),
@@ -230,8 +232,7 @@ def main(argv=None):
         decode = {b: (fast[b], slow[b]) for b in batches}
         bound = read * 1e9 / (4 * matmul_params(model))  # float32 bytes of the weights each token reads
         rows.append((mixer, model.num_parameters(), rate, utilisation(model, rate, peak), decode, bound))
-    rows += [(mixer, model.num_parameters(), rate, utilisation(model, rate, peak), {}, None)
-             for mixer, model, rate in compiled_rows]
+    rows += compiled_training_rows  # trained, not decoded
     shape = "".join(f", {k} {v}" for k, v in (("layers", args.layers), ("vocab", args.vocab)) if v is not None)
     print(f"Preset {args.preset}{shape}; training batch {args.train_batch} x {args.seq}; decoding {args.new_tokens} new "
           f"tokens after a {max(1, args.seq - args.new_tokens)}-token prompt (greedy; the prompt's forward pass "
@@ -243,8 +244,8 @@ def main(argv=None):
     for mixer, params, rate, mfu, decode, bound in rows:
         cells = " | ".join(f"{decode[b][0]:.1f} / {'-' if decode[b][1] is None else f'{decode[b][1]:.1f}'} tok/s"
                            if b in decode else "-" for b in batches)
-        trained = "- | -" if rate is None else f"{rate:.0f} | {mfu:.0%}"
-        print(f"| {mixer} | {params:,} | {trained} | {cells} | {'-' if bound is None else f'{bound:.1f} tok/s'} |")
+        train_cells = "- | -" if rate is None else f"{rate:.0f} | {mfu:.0%}"
+        print(f"| {mixer} | {params:,} | {train_cells} | {cells} | {'-' if bound is None else f'{bound:.1f} tok/s'} |")
 
 
 if __name__ == "__main__":

@@ -230,14 +230,15 @@ class WDAForCausalLM(WDAPreTrainedModel, GenerationMixin):
 
     def use_decoding_layout(self, enabled: bool = True) -> "WDAForCausalLM":
         """Store every linear layer's weight transposed in memory (column-major), or with ``enabled=False``
-        row-major again; returns the model. Values, shapes, names and the state dict stay the same.
+        row-major again; returns the model. Values, shapes, names and the state dict's values stay the same
+        (its tensors' strides change; ``save_pretrained`` writes contiguous copies). A tied embedding shares
+        the head's parameter, so it becomes column-major too.
 
         A one-token decoding step multiplies each weight by one row per sequence. On CPUs the BLAS reads a
         row-major ``(out, in)`` weight for ``x @ W.T`` well below the memory's rate and a column-major one
-        close to it (docs/benchmarks.md: batch-1 decoding of the 130M preset ~1.3x faster). ``save_pretrained``
-        writes contiguous copies; restore the row-major layout before training whose checkpoints write
-        optimizer state with safetensors (which refuses non-contiguous tensors). Weights are relaid in
-        place, so apply it before ``compile_decoding()``, whose frozen weights it would otherwise outdate.
+        close to it (docs/benchmarks.md: batch-1 decoding of the 130M preset ~1.3x faster on one thread).
+        Training is best left to the row-major layout. Apply it before ``compile_decoding()``: the weights
+        are relaid in place, and a step compiled with frozen weights keeps the layout it was compiled with.
         """
         with torch.no_grad():
             for module in self.modules():
